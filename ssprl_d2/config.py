@@ -1,0 +1,167 @@
+"""All ssprl_d2 config keys, added to a Detectron2 config by :func:`add_ssprl_config`."""
+from detectron2.config import CfgNode as CN
+
+
+def add_ssprl_config(cfg: CN) -> CN:
+    """Add every ssprl_d2 key (pre-training, classification, solver, data) to ``cfg`` in place.
+
+    Returns:
+        the same ``cfg``, for chaining.
+    """
+    _add_pretrain_model_config(cfg)
+    _add_pretrain_input_config(cfg)
+    _add_solver_config(cfg)
+    _add_classification_config(cfg)
+    _add_data_config(cfg)
+    return cfg
+
+
+def _add_pretrain_model_config(cfg: CN) -> None:
+    _C = cfg
+    _C.MODEL.SSPRL = CN()
+    # Hidden width of every projection head (Linear-BN-ReLU-Linear); 0 = a single Linear layer.
+    _C.MODEL.SSPRL.HEAD_HIDDEN_DIM = 2048
+    # Output width D of every projection head (the embedding that is L2-normalised).
+    _C.MODEL.SSPRL.HEAD_OUT_DIM = 128
+    # Number of prototypes K_s, one entry per scale (scale 0 first); length = 1 + len(GRIDS).
+    _C.MODEL.SSPRL.NUM_PROTOTYPES = [300, 150, 150]
+    # One prototype set shared by all scales (Table-4 ablation); needs equal K_s for all scales.
+    _C.MODEL.SSPRL.SHARED_PROTOTYPES = False
+    # Softmax temperature tau of the prototype predictions (Eq. 1) and cross-scale predictions.
+    _C.MODEL.SSPRL.TEMPERATURE = 0.1
+    # Sinkhorn-Knopp entropic regularisation epsilon.
+    _C.MODEL.SSPRL.SINKHORN_EPSILON = 0.05
+    # Sinkhorn-Knopp iterations.
+    _C.MODEL.SSPRL.SINKHORN_ITERS = 3
+    # Scale-0 crops whose codes are computed and predicted from all other crops (SwAV).
+    _C.MODEL.SSPRL.ASSIGN_CROPS = [0, 1]
+    # alpha_s of L_pyr, one per scale (scale 0 first).
+    _C.MODEL.SSPRL.ALPHA = [1.0, 0.25, 0.25]
+    # beta_s of L_cross, one per pyramid scale s >= 1.
+    _C.MODEL.SSPRL.BETA = [0.25, 0.25]
+    # lambda, the weight of L_cross in the total loss (Eq. 4).
+    _C.MODEL.SSPRL.CROSS_WEIGHT = 1.0
+    # Input of the cross-scale learners: "probs" (mean softmax, paper Eq. 3) or "scores"
+    # (mean raw scores, L2-normalised, the authors' release).
+    _C.MODEL.SSPRL.CROSS_INPUT = "probs"
+    # Train the swapped-prediction terms of scales s >= 1 (False = the "L_cross only" ablation).
+    _C.MODEL.SSPRL.USE_PYRAMID_LOSS = True
+    # Train the cross-scale terms (False = the "L_pyr only" ablation).
+    _C.MODEL.SSPRL.USE_CROSS_LOSS = True
+    # Prototypes and cross-scale learners get no update for this many iterations.
+    _C.MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS = 648
+    # Backbone feature that is globally pooled into the heads.
+    _C.MODEL.SSPRL.IN_FEATURE = "res5"
+    # Run crops of equal resolution through the backbone in one pass: "resolution" (all crops of
+    # one size together) or "none" (one pass per crop group, for debugging).
+    _C.MODEL.SSPRL.GROUP_CROPS = "resolution"
+    # Stop with an error naming the term when a loss is NaN/inf.
+    _C.MODEL.SSPRL.CHECK_FINITE_LOSS = True
+
+    _C.MODEL.SSPRL.QUEUE = CN()
+    # Global queue length per scale (scale 0 first); 0 disables the queue of that scale. Rounded
+    # down to a multiple of the number of entries pushed per step (logged at start-up).
+    _C.MODEL.SSPRL.QUEUE.LENGTHS = [0, 0, 0]
+    # Iteration at which the queues start filling; they are used once full.
+    _C.MODEL.SSPRL.QUEUE.START_ITER = 0
+    # If >= 0, overrides START_ITER with this epoch converted through the dataset size.
+    _C.MODEL.SSPRL.QUEUE.START_EPOCH = -1.0
+
+
+def _add_pretrain_input_config(cfg: CN) -> None:
+    _C = cfg
+    _C.INPUT.SSPRL = CN()
+    # Scale-0 multi-crop: output size of each crop group (e.g. 2 x 224 + 6 x 96).
+    _C.INPUT.SSPRL.CROP_SIZES = [224, 96]
+    # Scale-0 multi-crop: number of crops in each group.
+    _C.INPUT.SSPRL.NUM_CROPS = [2, 6]
+    # Scale-0 multi-crop: RandomResizedCrop minimum area fraction per group.
+    _C.INPUT.SSPRL.MIN_SCALES = [0.14, 0.05]
+    # Scale-0 multi-crop: RandomResizedCrop maximum area fraction per group.
+    _C.INPUT.SSPRL.MAX_SCALES = [1.0, 0.14]
+    # Pyramid scales s >= 1: grid size g_s (M_s = g_s * g_s patches). [] = global-only baseline.
+    _C.INPUT.SSPRL.GRIDS = [2, 3]
+    # Pyramid scales: side of the resized crop that is cut into the grid.
+    _C.INPUT.SSPRL.PYRAMID_RESIZE = [314, 383]
+    # Pyramid scales: RandomResizedCrop area range [min, max] of the resized crop, per scale.
+    _C.INPUT.SSPRL.PYRAMID_SCALES = [[0.6, 1.0], [0.6, 1.0]]
+    # Pyramid scales: side of the random crop taken inside each grid cell.
+    _C.INPUT.SSPRL.PATCH_SIZES = [112, 96]
+    # Both pyramid views of a scale come from one resized crop (release) or from two.
+    _C.INPUT.SSPRL.SHARED_PYRAMID_CROP = True
+    # Shuffle the patch order (identically in both views), as the release does.
+    _C.INPUT.SSPRL.SHUFFLE_PATCHES = True
+    # RandomResizedCrop aspect-ratio range.
+    _C.INPUT.SSPRL.RATIO = [3.0 / 4.0, 4.0 / 3.0]
+    # Horizontal flip probability (per crop / patch).
+    _C.INPUT.SSPRL.FLIP_PROB = 0.5
+    # Colour jitter strength s: brightness/contrast/saturation 0.8 s, hue 0.2 s.
+    _C.INPUT.SSPRL.COLOR_JITTER = [0.8, 0.8, 0.8, 0.2]
+    # Probability of applying colour jitter.
+    _C.INPUT.SSPRL.COLOR_JITTER_PROB = 0.8
+    # Probability of random grayscale.
+    _C.INPUT.SSPRL.GRAYSCALE_PROB = 0.2
+    # Probability of Gaussian blur.
+    _C.INPUT.SSPRL.BLUR_PROB = 0.5
+    # Gaussian blur sigma range.
+    _C.INPUT.SSPRL.BLUR_SIGMA = [0.1, 2.0]
+    # Where photometric augmentation runs: "loader" (CPU workers) or "model" (batched on the
+    # training device, parameters still drawn per crop by the loader).
+    _C.INPUT.SSPRL.PHOTOMETRIC_ON = "model"
+    # Resampling of crops: "interpolate" (antialiased bilinear per crop) or "roi_align" (all crops
+    # of one size in one batched op).
+    _C.INPUT.SSPRL.RESAMPLE = "interpolate"
+    # Normalisation (RGB, 0-255 scale) applied by the model: torchvision mean/std.
+    _C.INPUT.SSPRL.PIXEL_MEAN = [123.675, 116.280, 103.530]
+    _C.INPUT.SSPRL.PIXEL_STD = [58.395, 57.120, 57.375]
+    # Seed of the per-sample augmentation streams (-1 = from SEED / time). Fixed seeds make a
+    # resumed run see exactly the same crops as an uninterrupted one.
+    _C.INPUT.SSPRL.SEED = -1
+
+
+def _add_solver_config(cfg: CN) -> None:
+    _C = cfg
+    # Optimizer: "SGD" (Detectron2's) or "LARS" (SGD momentum wrapped with the LARC trust rule).
+    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.LARS = CN()
+    # LARC trust coefficient.
+    _C.SOLVER.LARS.TRUST_COEFFICIENT = 0.001
+    # Clip the adaptive lr at the global lr (LARC "clip" mode); the release uses False.
+    _C.SOLVER.LARS.CLIP = False
+    # Exclude BatchNorm and bias parameters from adaptation and weight decay.
+    _C.SOLVER.LARS.EXCLUDE_BN_BIAS = False
+    _C.SOLVER.LARS.EPS = 1e-8
+    # If > 0, BASE_LR and BASE_LR_END are for this total batch size and are scaled linearly to
+    # SOLVER.IMS_PER_BATCH.
+    _C.SOLVER.REFERENCE_BATCH_SIZE = 0
+    # If > 0, MAX_ITER (and STEPS, CHECKPOINT_PERIOD when 0) come from epochs over the train set.
+    _C.SOLVER.EPOCHS = 0.0
+    # Mixed precision dtype when SOLVER.AMP.ENABLED: "float16" (with loss scaling) or "bfloat16".
+    _C.SOLVER.AMP.PRECISION = "float16"
+
+
+def _add_classification_config(cfg: CN) -> None:
+    _C = cfg
+    _C.MODEL.CLASSIFIER = CN()
+    # Number of labels of the multi-label head.
+    _C.MODEL.CLASSIFIER.NUM_CLASSES = 80
+    # "linear" (frozen backbone, BN in eval mode) or "finetune" (whole network trained).
+    _C.MODEL.CLASSIFIER.MODE = "linear"
+    # Backbone feature that is globally pooled.
+    _C.MODEL.CLASSIFIER.IN_FEATURE = "res5"
+    # Target value that means "ignore" (VOC difficult).
+    _C.MODEL.CLASSIFIER.IGNORE_VALUE = -1
+    # lr multiplier of the backbone in finetune mode (head uses BASE_LR).
+    _C.MODEL.CLASSIFIER.BACKBONE_LR_FACTOR = 0.01
+
+
+def _add_data_config(cfg: CN) -> None:
+    _C = cfg
+    _C.DATASETS.SSPRL = CN()
+    # Image folders registered on the fly as label-free pre-training sets: list of
+    # [name, folder] pairs, e.g. [["imagenet_train_folder", "/data/imagenet/train"]].
+    _C.DATASETS.SSPRL.IMAGE_FOLDERS = []
+    # COCO jsons registered on the fly: list of [name, json, image_root] triples.
+    _C.DATASETS.SSPRL.COCO_JSONS = []
+    # File with the image ids of a labelled subset (semi-supervised); "" = all images.
+    _C.DATASETS.SSPRL.LABEL_SUBSET = ""

@@ -1,0 +1,2 @@
+from .setup import setup, task_of  # noqa: F401
+from .trainer import Trainer  # noqa: F401

@@ -1,0 +1,114 @@
+"""Config set-up shared by every ssprl_d2 entry point: merge, derive, validate, log."""
+import logging
+import math
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup
+
+from ssprl_d2.config import add_ssprl_config
+
+logger = logging.getLogger(__name__)
+
+TASK_PRETRAIN = "pretrain"
+TASK_CLASSIFY = "classification"
+TASK_DETECT = "detection"
+
+
+def task_of(cfg: CfgNode) -> str:
+    """Which of the project's three jobs a config describes, from its meta-architecture."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "SSPRL":
+        return TASK_PRETRAIN
+    if arch == "MultiLabelClassifier":
+        return TASK_CLASSIFY
+    return TASK_DETECT
+
+
+def load_config(config_file: str = "", opts=()) -> CfgNode:
+    """Build a frozen-ready config: Detectron2 defaults + ssprl_d2 keys + file + overrides.
+
+    Also registers datasets named by DATASETS.SSPRL.*, converts epochs to iterations and
+    validates the keys of the job, so a bad config fails here and not after an hour.
+    """
+    from ssprl_d2.data.datasets import register_from_config  # late: registers on import
+
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    register_from_config(cfg)
+    _apply_batch_lr_scaling(cfg)
+    _apply_epochs(cfg)
+    validate_config(cfg)
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    """Create the config from ``default_argument_parser()`` args and run Detectron2's setup."""
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def validate_config(cfg: CfgNode) -> None:
+    """Raise ``ValueError`` naming the offending key when the config is inconsistent."""
+    task = task_of(cfg)
+    if task == TASK_PRETRAIN:
+        from ssprl_d2.modeling.ssprl import validate_ssprl_config
+
+        validate_ssprl_config(cfg)
+    if cfg.SOLVER.OPTIMIZER not in ("SGD", "LARS"):
+        raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'LARS', got {cfg.SOLVER.OPTIMIZER!r}")
+    if cfg.SOLVER.AMP.PRECISION not in ("float16", "bfloat16"):
+        raise ValueError(
+            f"SOLVER.AMP.PRECISION must be 'float16' or 'bfloat16', got {cfg.SOLVER.AMP.PRECISION!r}"
+        )
+
+
+def _apply_batch_lr_scaling(cfg: CfgNode) -> None:
+    ref = cfg.SOLVER.REFERENCE_BATCH_SIZE
+    if ref > 0 and ref != cfg.SOLVER.IMS_PER_BATCH:
+        factor = cfg.SOLVER.IMS_PER_BATCH / ref
+        logger.info(
+            f"Scaling BASE_LR {cfg.SOLVER.BASE_LR} and BASE_LR_END {cfg.SOLVER.BASE_LR_END} by "
+            f"{factor:.4g} (IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} / reference {ref})"
+        )
+        cfg.SOLVER.BASE_LR *= factor
+        cfg.SOLVER.BASE_LR_END *= factor
+        cfg.SOLVER.REFERENCE_BATCH_SIZE = cfg.SOLVER.IMS_PER_BATCH
+
+
+def train_set_size(cfg: CfgNode) -> int:
+    """Number of training images of ``cfg.DATASETS.TRAIN`` (after label-subset filtering)."""
+    from detectron2.data import DatasetCatalog
+
+    return sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
+
+
+def _apply_epochs(cfg: CfgNode) -> None:
+    """Turn SOLVER.EPOCHS (and epoch-based queue start) into iterations from the dataset size."""
+    needs_epochs = cfg.SOLVER.EPOCHS > 0 or (
+        task_of(cfg) == TASK_PRETRAIN and cfg.MODEL.SSPRL.QUEUE.START_EPOCH >= 0
+    )
+    if not needs_epochs:
+        return
+    n = train_set_size(cfg)
+    iters_per_epoch = max(1, n // cfg.SOLVER.IMS_PER_BATCH)
+    if cfg.SOLVER.EPOCHS > 0:
+        old_max = cfg.SOLVER.MAX_ITER
+        cfg.SOLVER.MAX_ITER = int(math.ceil(cfg.SOLVER.EPOCHS * iters_per_epoch))
+        # STEPS given as fractions of training (all < 1) become iterations.
+        steps = tuple(cfg.SOLVER.STEPS)
+        if steps and all(0 < s < 1 for s in steps):
+            cfg.SOLVER.STEPS = tuple(int(s * cfg.SOLVER.MAX_ITER) for s in steps)
+        elif steps and old_max > 0:
+            cfg.SOLVER.STEPS = tuple(int(s * cfg.SOLVER.MAX_ITER / old_max) for s in steps)
+        logger.info(
+            f"SOLVER.EPOCHS={cfg.SOLVER.EPOCHS} over {n} images at batch "
+            f"{cfg.SOLVER.IMS_PER_BATCH} -> MAX_ITER={cfg.SOLVER.MAX_ITER}, STEPS={cfg.SOLVER.STEPS}"
+        )
+    if task_of(cfg) == TASK_PRETRAIN and cfg.MODEL.SSPRL.QUEUE.START_EPOCH >= 0:
+        cfg.MODEL.SSPRL.QUEUE.START_ITER = int(cfg.MODEL.SSPRL.QUEUE.START_EPOCH * iters_per_epoch)
+        logger.info(f"Queue start epoch -> QUEUE.START_ITER={cfg.MODEL.SSPRL.QUEUE.START_ITER}")

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""The single entry point of ssprl_d2: SS-PRL pre-training, multi-label classification and
+Mask R-CNN transfer, picked by the config.
+
+    python tools/train_net.py --config-file configs/ssprl_pretrain.yaml --num-gpus 8
+    python tools/train_net.py --config-file configs/ssprl_demo.yaml          # CPU, minutes
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model.pkl
+    python tools/train_net.py --config-file CFG --resume                      # after a crash
+
+Multi-node: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT (Detectron2 launch).
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, launch
+
+import ssprl_d2  # noqa: F401  (registers models, datasets)
+from ssprl_d2.engine import Trainer, setup
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()
