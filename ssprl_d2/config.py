@@ -57,6 +57,8 @@ def _add_pretrain_model_config(cfg: CN) -> None:
     _C.MODEL.SSPRL.GROUP_CROPS = "resolution"
     # Stop with an error naming the term when a loss is NaN/inf.
     _C.MODEL.SSPRL.CHECK_FINITE_LOSS = True
+    # Run the backbone in channels-last memory format (faster convolutions on recent GPUs).
+    _C.MODEL.SSPRL.CHANNELS_LAST = False
 
     _C.MODEL.SSPRL.QUEUE = CN()
     # Global queue length per scale (scale 0 first); 0 disables the queue of that scale. Rounded
@@ -154,6 +156,34 @@ def _add_classification_config(cfg: CN) -> None:
     # lr multiplier of the backbone in finetune mode (head uses BASE_LR).
     _C.MODEL.CLASSIFIER.BACKBONE_LR_FACTOR = 0.01
 
+    _C.MODEL.CLASSIFIER.FAST_LINEAR = CN()
+    # Linear evaluation on cached frozen features (ssprl_d2.engine.fast_linear) instead of the
+    # Trainer; MODE must be "linear".
+    _C.MODEL.CLASSIFIER.FAST_LINEAR.ENABLED = False
+    # Feature passes over the train set with the train transform (random crop + flip); 0 = one
+    # pass with the test transform (resize + center crop).
+    _C.MODEL.CLASSIFIER.FAST_LINEAR.TRAIN_AUG_PASSES = 0
+    # Also save the extracted features under OUTPUT_DIR and reuse them when they match.
+    _C.MODEL.CLASSIFIER.FAST_LINEAR.CACHE_TO_DISK = False
+    # Images per batch of the feature-extraction pass (per process).
+    _C.MODEL.CLASSIFIER.FAST_LINEAR.EXTRACT_BATCH_SIZE = 64
+
+    _C.INPUT.CLASSIFICATION = CN()
+    # Train transform: RandomResizedCrop output size (px), then horizontal flip.
+    _C.INPUT.CLASSIFICATION.TRAIN_CROP_SIZE = 224
+    # Train transform: RandomResizedCrop range of the crop area fraction.
+    _C.INPUT.CLASSIFICATION.TRAIN_CROP_SCALE = (0.08, 1.0)
+    # Train transform: RandomResizedCrop range of the crop aspect ratio (w / h).
+    _C.INPUT.CLASSIFICATION.TRAIN_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    # Train transform: probability of a horizontal flip.
+    _C.INPUT.CLASSIFICATION.TRAIN_FLIP_PROB = 0.5
+    # Test transform: the shorter side is resized to this (px) ...
+    _C.INPUT.CLASSIFICATION.TEST_RESIZE = 256
+    # ... then the center crop of this size (px) is taken.
+    _C.INPUT.CLASSIFICATION.TEST_CROP_SIZE = 224
+    # Images per inference batch over all processes (classification test loader).
+    _C.TEST.IMS_PER_BATCH = 1
+
 
 def _add_data_config(cfg: CN) -> None:
     _C = cfg
@@ -165,3 +195,8 @@ def _add_data_config(cfg: CN) -> None:
     _C.DATASETS.SSPRL.COCO_JSONS = []
     # File with the image ids of a labelled subset (semi-supervised); "" = all images.
     _C.DATASETS.SSPRL.LABEL_SUBSET = ""
+    # If LABEL_SUBSET does not exist: draw this fraction of the training image ids (sorted ids,
+    # numpy RandomState(LABEL_SUBSET_SEED), without replacement) and write it; 0 = must exist.
+    _C.DATASETS.SSPRL.LABEL_SUBSET_FRACTION = 0.0
+    # Seed of the label-subset draw.
+    _C.DATASETS.SSPRL.LABEL_SUBSET_SEED = 0

@@ -1,0 +1,23 @@
+# ssprl_d2: every user-facing command. Each target installs what it needs first (idempotent).
+PY := .venv/bin/python
+SETUP := bash scripts/setup_env.sh
+
+.PHONY: setup demo test lint bench clean-demo
+
+setup:
+	@$(SETUP)
+
+## The main job on the bundled demo data (CPU): pre-train -> convert -> transfer, with a table.
+demo: setup
+	$(PY) tools/run_demo.py --output-dir output/demo
+
+## The whole test suite (fast, CPU).
+test: setup
+	$(PY) -m pytest tests -q -ra --durations=15
+
+lint: setup
+	$(PY) -m flake8 ssprl_d2 tools tests benchmarks || true
+
+bench: setup
+	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_step.py

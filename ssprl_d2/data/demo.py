@@ -1,0 +1,480 @@
+"""The bundled demo dataset: SYNTHETIC multi-object scenes in COCO format, generated on first use.
+
+Nothing is downloaded and nothing but this generator is committed. Each image shows 1-4 textured
+shapes pasted on a crop of one of the real photos that scikit-image ships offline. Every category
+has its own shape, colour and texture, so both shape and colour carry the class. Annotations are
+COCO instances (box, polygon mask of the visible part, area, ``iscrowd=0``); the image-level
+multi-labels are the set of categories of an image's instances.
+
+The masks match the pixels exactly: the visible part of every object is traced into polygons,
+the polygons are rasterised the way pycocotools (and Detectron2) rasterise them, and the object is
+painted on exactly those pixels. Masks of different objects never overlap.
+
+Generation is deterministic (fixed seeds, fixed JPEG quality): the same arguments give
+byte-identical images and json files with the same library versions.
+"""
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+from PIL import Image, ImageFilter
+from scipy import ndimage
+from skimage import measure
+
+__all__ = [
+    "DEMO_CATEGORIES",
+    "DEMO_SPLITS",
+    "default_demo_root",
+    "ensure_demo_dataset",
+    "generate_demo_dataset",
+    "get_demo_root",
+]
+
+logger = logging.getLogger(__name__)
+
+# Bump when the generator's output changes: cached copies of another version are regenerated.
+GENERATOR_VERSION = 1
+
+DEMO_SPLITS = ("train", "val")
+# (name, shape, base RGB colour, texture); the index + 1 is the COCO category id.
+_CATEGORY_SPECS = (
+    ("circle", "circle", (220, 40, 40), "solid"),
+    ("square", "square", (40, 80, 230), "stripes"),
+    ("triangle", "triangle", (40, 185, 60), "checker"),
+    ("star", "star", (245, 210, 40), "dots"),
+    ("crescent", "crescent", (205, 50, 205), "rings"),
+    ("cross", "cross", (40, 210, 215), "grid"),
+    ("ellipse", "ellipse", (250, 130, 20), "speckle"),
+    ("hexagon", "hexagon", (235, 235, 235), "gradient"),
+)
+DEMO_CATEGORIES: List[str] = [spec[0] for spec in _CATEGORY_SPECS]
+
+# Real photos shipped inside scikit-image's wheel (no network needed); greyscale ones are tinted.
+_BACKGROUND_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "camera",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "coins",
+)
+_IMAGE_SIZE_RANGE = (160, 256)  # per side, inclusive
+_MAX_OBJECTS = 4
+_MIN_VISIBLE_PIXELS = 64  # of an object's mask after occlusion
+_MIN_VISIBLE_FRACTION = 0.5  # of the object's unoccluded area
+_MIN_PART_PIXELS = 24  # every connected piece of a visible mask
+_OBJECT_SCALE_RANGE = (0.14, 0.62)  # object size / shorter image side, log-uniform
+_PLACEMENT_TRIES = 25
+_JPEG_QUALITY = 90
+_INFO_FILE = "demo_info.json"
+
+
+def default_demo_root() -> str:
+    """``$SSPRL_CACHE_DIR/demo`` if the variable is set, else ``~/.cache/ssprl_d2/demo``."""
+    cache = os.environ.get("SSPRL_CACHE_DIR") or os.path.join("~", ".cache", "ssprl_d2")
+    return os.path.join(os.path.abspath(os.path.expanduser(cache)), "demo")
+
+
+def get_demo_root() -> str:
+    """Root of the default demo dataset (480 train / 120 val images), generated on first use.
+
+    Returns:
+        the folder holding ``images/{train,val}/`` and ``annotations/instances_{train,val}.json``.
+    """
+    return ensure_demo_dataset(default_demo_root())
+
+
+def ensure_demo_dataset(
+    root: Optional[str] = None, num_train: int = 480, num_val: int = 120, seed: int = 0
+) -> str:
+    """Return ``root`` after making sure it holds the demo dataset of these arguments.
+
+    A missing (or stale: other arguments or generator version) dataset is generated into a
+    temporary folder next to ``root`` and renamed into place, under a file lock where the platform
+    has one; a process that loses the race keeps the winner's copy. Readers therefore never see a
+    half-written dataset.
+    """
+    root = os.path.abspath(os.path.expanduser(root or default_demo_root()))
+    params = _params(num_train, num_val, seed)
+    if _is_complete(root, params):
+        return root
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    with _file_lock(root + ".lock"):
+        if _is_complete(root, params):  # another process finished while we waited
+            return root
+        start = time.perf_counter()
+        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(root) + "-", dir=parent)
+        try:
+            generate_demo_dataset(tmp, num_train=num_train, num_val=num_val, seed=seed)
+            if os.path.exists(root):
+                logger.info(f"Replacing the stale demo dataset at {root}")
+                stale = tempfile.mkdtemp(prefix=".stale-", dir=parent)
+                os.rename(root, os.path.join(stale, "old"))
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.rename(tmp, root)
+            except OSError:
+                if not _is_complete(root, params):
+                    raise
+                # Another process (on a platform without file locks) renamed first: keep its copy.
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logger.info(
+            f"Generated the SYNTHETIC demo dataset ({num_train} train / {num_val} val images) at "
+            f"{root} in {time.perf_counter() - start:.1f} s"
+        )
+    return root
+
+
+def generate_demo_dataset(
+    root: str, num_train: int = 480, num_val: int = 120, seed: int = 0
+) -> str:
+    """Write the demo dataset into ``root`` (no atomicity; see :func:`ensure_demo_dataset`).
+
+    Args:
+        root: output folder; gets ``images/{train,val}/*.jpg``,
+            ``annotations/instances_{train,val}.json`` and a ``demo_info.json`` marker (last).
+        num_train, num_val: number of images of each split.
+        seed: base seed; each image has its own stream derived from (seed, split, index).
+
+    Returns:
+        ``root``.
+    """
+    backgrounds = _load_backgrounds()
+    for split_id, (split, num_images) in enumerate(zip(DEMO_SPLITS, (num_train, num_val))):
+        image_dir = os.path.join(root, "images", split)
+        os.makedirs(image_dir, exist_ok=True)
+        os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+        images, annotations = [], []
+        plan = _plan_split(num_images, seed, split_id)
+        for index, categories in enumerate(plan):
+            rng = np.random.default_rng([seed, split_id, index, 1])
+            pixels, objects = _render_image(rng, categories, backgrounds)
+            image_id = index + 1
+            file_name = f"{image_id:06d}.jpg"
+            Image.fromarray(pixels).save(
+                os.path.join(image_dir, file_name), format="JPEG", quality=_JPEG_QUALITY
+            )
+            height, width = pixels.shape[:2]
+            images.append(
+                {"id": image_id, "file_name": file_name, "height": height, "width": width}
+            )
+            for category, polygons, mask in objects:
+                annotations.append(_annotation(len(annotations) + 1, image_id, category, polygons, mask))
+        coco = {
+            "info": {
+                "description": "ssprl_d2 demo dataset: SYNTHETIC shapes on crops of scikit-image "
+                "sample photos, generated by ssprl_d2/data/demo.py",
+                "version": str(GENERATOR_VERSION),
+                "split": split,
+                "seed": seed,
+            },
+            "licenses": [],
+            "categories": [
+                {"id": i + 1, "name": name, "supercategory": "shape"}
+                for i, name in enumerate(DEMO_CATEGORIES)
+            ],
+            "images": images,
+            "annotations": annotations,
+        }
+        with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
+            json.dump(coco, f)
+    with open(os.path.join(root, _INFO_FILE), "w") as f:
+        json.dump(_params(num_train, num_val, seed), f, sort_keys=True)
+    return root
+
+
+def _params(num_train: int, num_val: int, seed: int) -> Dict[str, int]:
+    return {"version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val, "seed": seed}
+
+
+def _is_complete(root: str, params: Dict[str, int]) -> bool:
+    try:
+        with open(os.path.join(root, _INFO_FILE)) as f:
+            return json.load(f) == params
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): rely on rename-if-absent alone
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _annotation(ann_id: int, image_id: int, category: int, polygons, mask: np.ndarray) -> Dict:
+    ys, xs = np.nonzero(mask)
+    x0, y0 = int(xs.min()), int(ys.min())
+    bbox = [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category + 1,
+        "segmentation": polygons,
+        "area": float(mask.sum()),
+        "bbox": bbox,
+        "iscrowd": 0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Scene planning and rendering
+# ---------------------------------------------------------------------------------------------
+def _plan_split(num_images: int, seed: int, split_id: int) -> List[List[int]]:
+    """Categories of every image: 1-4 objects each, drawn from shuffled decks (balanced classes)."""
+    rng = np.random.default_rng([seed, split_id, 0])
+    counts = rng.integers(1, _MAX_OBJECTS + 1, size=num_images)
+    num_decks = max(1, -(-int(counts.sum()) // len(DEMO_CATEGORIES)))
+    deck = np.concatenate([rng.permutation(len(DEMO_CATEGORIES)) for _ in range(num_decks)])
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    return [deck[starts[i] : starts[i + 1]].tolist() for i in range(num_images)]
+
+
+def _load_backgrounds() -> List[np.ndarray]:
+    photos = []
+    try:
+        from skimage import data as skdata
+    except ImportError:  # pragma: no cover - scikit-image is a dependency
+        skdata = None
+    for name in _BACKGROUND_PHOTOS if skdata is not None else ():
+        try:
+            photo = np.asarray(getattr(skdata, name)())
+        except Exception as e:  # a photo the installed scikit-image cannot give offline
+            logger.warning(f"Demo dataset: skipping background photo {name!r} ({e})")
+            continue
+        if photo.ndim == 2:
+            photo = np.repeat(photo[:, :, None], 3, axis=2)
+        photos.append(np.ascontiguousarray(photo[:, :, :3]).astype(np.uint8))
+    if not photos:
+        logger.warning("Demo dataset: no scikit-image photo available, using smooth noise")
+        rng = np.random.default_rng(12345)
+        noise = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        photos.append(np.asarray(Image.fromarray(noise).resize((512, 512), Image.BICUBIC)))
+    return photos
+
+
+def _background(rng: np.random.Generator, photos, width: int, height: int) -> np.ndarray:
+    photo = photos[int(rng.integers(len(photos)))]
+    ph, pw = photo.shape[:2]
+    aspect = width / height
+    crop_h = int(min(ph, pw / aspect) * rng.uniform(0.35, 1.0))
+    crop_w = max(8, min(pw, int(round(crop_h * aspect))))
+    crop_h = max(8, crop_h)
+    y0 = int(rng.integers(0, ph - crop_h + 1))
+    x0 = int(rng.integers(0, pw - crop_w + 1))
+    crop = Image.fromarray(photo[y0 : y0 + crop_h, x0 : x0 + crop_w])
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    crop = crop.resize((width, height), Image.BILINEAR)
+    crop = crop.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.0, 1.5))))
+    pixels = np.asarray(crop).astype(np.float32)
+    tint = rng.uniform(0.65, 1.1, size=3)
+    grey = pixels.mean(axis=2, keepdims=True)
+    desaturate = rng.uniform(0.0, 0.4)
+    pixels = (pixels * (1 - desaturate) + grey * desaturate) * tint * rng.uniform(0.6, 1.0)
+    return pixels
+
+
+def _render_image(rng: np.random.Generator, categories: Sequence[int], photos):
+    """Returns (uint8 HxWx3 image, [(category, polygons, visible mask)] bottom to top)."""
+    width, height = (int(v) for v in rng.integers(_IMAGE_SIZE_RANGE[0], _IMAGE_SIZE_RANGE[1] + 1, 2))
+    pixels = _background(rng, photos, width, height)
+    placed: List[Tuple[int, list, np.ndarray]] = []  # (category, full polygons, full mask)
+    finals: List[Tuple[list, np.ndarray]] = []
+    for category in categories:
+        for _ in range(_PLACEMENT_TRIES):
+            polygons = _shape_polygons(rng, _CATEGORY_SPECS[category][1], width, height)
+            full = _rasterize(polygons, height, width)
+            candidate = _visible_polygons(placed + [(category, polygons, full)])
+            if candidate is not None:
+                placed.append((category, polygons, full))
+                finals = candidate
+                break
+        # An object that finds no valid place after the tries is left out of the image.
+    for (category, _, _), (_, mask) in zip(placed, finals):
+        ys, xs = np.nonzero(mask)
+        texture = _texture(rng, category, xs.astype(np.float32), ys.astype(np.float32))
+        pixels[ys, xs] = texture
+    image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return image, [(c, polys, mask) for (c, _, _), (polys, mask) in zip(placed, finals)]
+
+
+def _visible_polygons(stack: List[Tuple[int, list, np.ndarray]]):
+    """Final (polygons, mask) of every object of ``stack`` (bottom to top), or None if invalid.
+
+    Works top-down: an object's visible region is its mask minus the final masks above it. An
+    unoccluded object keeps its drawn polygons; an occluded one has its visible region traced into
+    polygons, and the rasterised polygons become its final mask. A mask must not spill onto a mask
+    above it, must keep enough of its area and must have no holes (COCO polygons cannot).
+    """
+    height, width = stack[0][2].shape
+    occupied = np.zeros((height, width), dtype=bool)
+    finals = []
+    for _, polygons, full in reversed(stack):
+        ys, xs = np.nonzero(full)
+        y0, x0 = max(int(ys.min()) - 2, 0), max(int(xs.min()) - 2, 0)
+        box = (slice(y0, int(ys.max()) + 3), slice(x0, int(xs.max()) + 3))
+        min_area = max(_MIN_VISIBLE_PIXELS, _MIN_VISIBLE_FRACTION * len(ys))
+        if not (full[box] & occupied[box]).any():
+            mask = full
+        else:
+            visible = full[box] & ~occupied[box]
+            if visible.sum() < min_area:
+                return None
+            if not np.array_equal(ndimage.binary_fill_holes(visible), visible):
+                return None
+            labels, num_parts = ndimage.label(visible)
+            if num_parts > 1 and np.bincount(labels.ravel())[1:].min() < _MIN_PART_PIXELS:
+                return None
+            for _ in range(3):
+                polygons = _trace_polygons(visible, x0, y0)
+                mask = _rasterize(polygons, height, width) if polygons else occupied & False
+                spill = (mask & occupied)[box]
+                if not spill.any():
+                    break
+                # Move the outline off the spilled pixels and trace again.
+                visible &= ~ndimage.binary_dilation(spill)
+            else:
+                return None
+            if mask.sum() < min_area:
+                return None
+        occupied |= mask
+        finals.append((polygons, mask))
+    return finals[::-1]
+
+
+def _trace_polygons(mask: np.ndarray, x0: int = 0, y0: int = 0) -> List[List[float]]:
+    """COCO polygons ([x0, y0, x1, y1, ...]) outlining a hole-free mask whose corner is (x0, y0)."""
+    padded = np.pad(mask.astype(np.float32), 1)
+    polygons = []
+    for contour in measure.find_contours(padded, 0.5):
+        contour = measure.approximate_polygon(contour, tolerance=0.35)
+        # find_contours gives (row, col) of pixel centres of the padded mask; COCO puts pixel
+        # centres at +0.5, so the -1 of the padding and the +0.5 combine to -0.5.
+        xy = np.round(contour[:, ::-1] + (x0 - 0.5, y0 - 0.5), 2)
+        if len(xy) > 1 and np.array_equal(xy[0], xy[-1]):
+            xy = xy[:-1]
+        if len(xy) >= 3:
+            polygons.append([float(v) for v in xy.ravel()])
+    return polygons
+
+
+def _rasterize(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
+    rles = mask_util.frPyObjects(polygons, height, width)
+    return mask_util.decode(mask_util.merge(rles)).astype(bool)
+
+
+def _shape_polygons(rng: np.random.Generator, shape: str, width: int, height: int) -> List[list]:
+    """COCO polygons of one randomly scaled, rotated and placed shape, inside the image."""
+    lo, hi = np.log(_OBJECT_SCALE_RANGE[0]), np.log(_OBJECT_SCALE_RANGE[1])
+    radius = 0.5 * min(width, height) * float(np.exp(rng.uniform(lo, hi)))
+    margin = radius + 2
+    cx = float(rng.uniform(margin, width - margin))
+    cy = float(rng.uniform(margin, height - margin))
+    angle = float(rng.uniform(0, 2 * np.pi))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    xy = _unit_outline(shape, rng) * radius @ rot.T + (cx, cy)
+    return [[float(v) for v in np.round(xy, 2).ravel()]]
+
+
+def _regular(n: int, phase: float = 0.0, radii: Sequence[float] = (1.0,)) -> np.ndarray:
+    t = phase + 2 * np.pi * np.arange(n) / n
+    r = np.resize(np.asarray(radii, dtype=np.float64), n)
+    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+
+
+def _unit_outline(shape: str, rng: np.random.Generator) -> np.ndarray:
+    """(N, 2) outline of a shape of radius about 1 centred on the origin."""
+    if shape == "circle":
+        return _regular(40)
+    if shape == "ellipse":
+        return _regular(40) * (1.0, rng.uniform(0.45, 0.65))
+    if shape == "square":
+        return _regular(4, np.pi / 4) * 0.95
+    if shape == "triangle":
+        return _regular(3, -np.pi / 2) + (0, 0.2)
+    if shape == "hexagon":
+        return _regular(6)
+    if shape == "star":
+        return _regular(10, -np.pi / 2, radii=(1.0, 0.45))
+    if shape == "cross":
+        a, b = 1.0, 0.33
+        quarter = np.array([[a, -b], [a, b], [b, b]])
+        turn = np.array([[0.0, 1.0], [-1.0, 0.0]])  # 90 degrees
+        return np.concatenate([quarter @ np.linalg.matrix_power(turn, k) for k in range(4)])
+    if shape == "crescent":
+        return _crescent(rng.uniform(0.35, 0.55), 0.85)
+    raise ValueError(f"Unknown demo shape {shape!r}")
+
+
+def _crescent(shift: float, inner: float, n: int = 24) -> np.ndarray:
+    """Unit disc minus the disc of radius ``inner`` centred at (shift, 0), as one polygon."""
+    x = (1 + shift**2 - inner**2) / (2 * shift)  # where the two circles cross
+    theta = np.arccos(x)
+    phi = np.arctan2(np.sin(theta), x - shift)
+    outer = np.linspace(theta, 2 * np.pi - theta, 2 * n)
+    back = np.linspace(2 * np.pi - phi, phi, n)[1:-1]
+    return np.concatenate(
+        [
+            np.stack([np.cos(outer), np.sin(outer)], axis=1),
+            np.stack([shift + inner * np.cos(back), inner * np.sin(back)], axis=1),
+        ]
+    )
+
+
+def _texture(
+    rng: np.random.Generator, category: int, xs: np.ndarray, ys: np.ndarray
+) -> np.ndarray:
+    """(N, 3) float colours of the category's colour and texture at the pixels (xs, ys)."""
+    _, _, base, texture = _CATEGORY_SPECS[category]
+    colour = np.asarray(base, dtype=np.float32) * rng.uniform(0.8, 1.0) + rng.uniform(-18, 18, 3)
+    dark = colour * rng.uniform(0.35, 0.55)
+    period = float(rng.uniform(5.0, 9.0))
+    ox, oy = rng.uniform(0, period, 2)
+    x, y = xs + ox, ys + oy
+    if texture == "solid":
+        weight = np.zeros_like(xs)
+    elif texture == "stripes":
+        weight = ((y // (period / 2)) % 2).astype(np.float32)
+    elif texture == "checker":
+        weight = ((x // period + y // period) % 2).astype(np.float32)
+    elif texture == "dots":
+        dx, dy = (x % period) - period / 2, (y % period) - period / 2
+        weight = (dx * dx + dy * dy < (0.3 * period) ** 2).astype(np.float32)
+    elif texture == "rings":
+        cx, cy = np.array([xs.mean(), ys.mean()]) + rng.uniform(-20, 20, 2)
+        weight = ((np.hypot(xs - cx, ys - cy) // (period / 2)) % 2).astype(np.float32)
+    elif texture == "grid":
+        weight = (((x % period) < 1.6) | ((y % period) < 1.6)).astype(np.float32)
+    elif texture == "speckle":
+        weight = (rng.random(xs.shape) < 0.3).astype(np.float32)
+    elif texture == "gradient":
+        t = rng.uniform(0, 2 * np.pi)
+        ramp = xs * np.cos(t) + ys * np.sin(t)
+        weight = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    else:
+        raise ValueError(f"Unknown demo texture {texture!r}")
+    return colour * (1 - weight[:, None]) + dark * weight[:, None]

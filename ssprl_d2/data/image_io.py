@@ -1,0 +1,92 @@
+"""Image reading that survives corrupt files, and a hook that reports how many were skipped.
+
+Mappers call :func:`read_image_or_none` and return ``None`` when it does; Detectron2's
+``MapDataset`` then retries with another index, so one broken JPEG in a million does not stop a
+week-long pre-training run.
+
+The skipped-image counter is a ``multiprocessing.Value`` created when this module is imported.
+Data-loader workers started by ``fork`` (the default on Linux, used by Detectron2's loaders)
+inherit the same shared memory, so their skips add up in the training process, where
+:class:`SkippedImagesLogger` reads them. Workers started by ``spawn``/``forkserver`` re-import the
+module and count separately (their warnings are still logged). Each training process (rank) has
+its own counter; the hook sums the ranks.
+"""
+import logging
+import multiprocessing
+import struct
+import zlib
+from typing import Optional
+
+import numpy as np
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from PIL import Image
+
+__all__ = ["SkippedImagesLogger", "num_skipped_images", "read_image_or_none"]
+
+logger = logging.getLogger(__name__)
+
+# Shared with fork-started workers; see the module docstring.
+_SKIPPED = multiprocessing.Value("q", 0)
+
+# What PIL and the file layer raise for missing, truncated, corrupt or non-image files.
+_READ_ERRORS = (
+    OSError,  # missing file, unidentified image, truncated data
+    ValueError,
+    SyntaxError,  # some PIL plugins (e.g. broken PNG chunks)
+    EOFError,
+    IndexError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+
+
+def read_image_or_none(file_name: str, format: Optional[str] = "RGB") -> Optional[np.ndarray]:
+    """Like ``detectron2.data.detection_utils.read_image``, but ``None`` for an unreadable file.
+
+    A failure is logged as a warning with the file name and the reason, and counted (see
+    :func:`num_skipped_images`).
+
+    Args:
+        file_name: path (or PathManager URI) of the image.
+        format: as in ``read_image`` ("RGB", "BGR", "L", ...).
+
+    Returns:
+        the HWC uint8 image, or ``None``.
+    """
+    try:
+        return read_image(file_name, format=format)
+    except _READ_ERRORS as e:
+        with _SKIPPED.get_lock():
+            _SKIPPED.value += 1
+        logger.warning(f"Skipping unreadable image {file_name}: {type(e).__name__}: {e}")
+        return None
+
+
+def num_skipped_images() -> int:
+    """Images skipped so far by this process and its fork-started data-loader workers."""
+    return int(_SKIPPED.value)
+
+
+class SkippedImagesLogger(HookBase):
+    """Every ``period`` iterations, store the skipped-image count as ``data/skipped_images``.
+
+    The value is the total over all ranks (an all-gather, so every rank must run the hook).
+    """
+
+    def __init__(self, period: int = 20):
+        """
+        Args:
+            period: iterations between two reports (and one at the last iteration).
+        """
+        self._period = period
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        last = iteration + 1 >= self.trainer.max_iter
+        if (iteration + 1) % self._period and not last:
+            return
+        total = sum(comm.all_gather(num_skipped_images()))
+        self.trainer.storage.put_scalar("data/skipped_images", total, smoothing_hint=False)

@@ -1,0 +1,2 @@
+from .ssprl import SSPRL  # noqa: F401
+from .classifier import MultiLabelClassifier  # noqa: F401

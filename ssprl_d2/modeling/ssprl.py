@@ -1,0 +1,472 @@
+"""The SS-PRL pre-training meta-architecture (Hsieh et al. 2022) on a Detectron2 backbone."""
+import logging
+import math
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ssprl_d2.data.photometric import apply_photometric
+
+from .heads import FeatureQueue, ProjectionHead, UnitRowLinear
+from .losses import (
+    cross_scale_loss,
+    patch_mean_representation,
+    patch_swapped_loss,
+    swapped_prediction_loss,
+)
+from .sinkhorn import sinkhorn_knopp
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class SSPRL(nn.Module):
+    """Self-Supervised Pyramid Representation Learning.
+
+    One shared backbone; one projection head, prototype set and queue per scale (scale 0 = the
+    SwAV multi-crop views of the whole image, scale s >= 1 = two views of g_s x g_s patches);
+    one cross-scale correlation learner per pyramid scale mapping its patch-mean prototype
+    representation to the scale-0 prototype space. Training ``forward`` returns the named terms
+    ``loss_pyr_s{s}`` (alpha_s * swapped prediction at scale s) and ``loss_cross_s{s}``
+    (lambda * beta_s * cross-scale term).
+
+    Inputs (from :class:`ssprl_d2.data.PyramidDatasetMapper`), one dict per image:
+        "crops": list of (3, h, w) uint8 scale-0 crops;
+        "patches": one (2, M_s, 3, p_s, p_s) uint8 tensor per pyramid scale;
+        "photometric" (optional): (n_crops + sum_s 2 M_s, P) per-crop photometric parameters,
+        applied here, batched on the device.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_feature: str,
+        num_crops: int,
+        grids: Sequence[int],
+        num_prototypes: Sequence[int],
+        head_hidden_dim: int = 2048,
+        head_out_dim: int = 128,
+        shared_prototypes: bool = False,
+        temperature: float = 0.1,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iters: int = 3,
+        assign_crops: Sequence[int] = (0, 1),
+        alpha: Sequence[float] = (1.0, 0.25, 0.25),
+        beta: Sequence[float] = (0.25, 0.25),
+        cross_weight: float = 1.0,
+        cross_input: str = "probs",
+        use_pyramid_loss: bool = True,
+        use_cross_loss: bool = True,
+        freeze_prototypes_iters: int = 0,
+        queue_lengths: Sequence[int] = (),
+        queue_start_iter: int = 0,
+        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
+        pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
+        group_crops: str = "resolution",
+        check_finite: bool = True,
+        channels_last: bool = False,
+    ):
+        """
+        Args:
+            backbone: a Detectron2 backbone producing ``in_feature``.
+            in_feature: name of the feature map that is average-pooled (e.g. "res5").
+            num_crops: number of scale-0 crops per image.
+            grids: g_s of every pyramid scale s >= 1 (M_s = g_s^2 patches).
+            num_prototypes: K_s per scale, scale 0 first.
+            head_hidden_dim, head_out_dim: projection MLP sizes (hidden 0 = one Linear).
+            shared_prototypes: one prototype set for all scales (Table-4 ablation).
+            temperature: tau of the softmax predictions.
+            sinkhorn_epsilon, sinkhorn_iters: Sinkhorn-Knopp settings.
+            assign_crops: scale-0 crops whose codes are the swapped-prediction targets.
+            alpha: per-scale weights of L_pyr; beta: per-pyramid-scale weights of L_cross.
+            cross_weight: lambda of Eq. 4.
+            cross_input: "probs" (paper) or "scores" (release) input of the cross-scale learners.
+            use_pyramid_loss: keep the s >= 1 swapped-prediction terms.
+            use_cross_loss: keep the cross-scale terms (and build the learners).
+            freeze_prototypes_iters: prototypes and learners get no gradient before this iter.
+            queue_lengths: per-rank queue length per scale (0 = none).
+            queue_start_iter: iteration at which queues begin filling (used once full).
+            pixel_mean, pixel_std: RGB normalisation on the 0-255 scale.
+            group_crops: "resolution" = one backbone pass per crop size, "none" = per group.
+            check_finite: raise ``FloatingPointError`` naming a non-finite loss term.
+            channels_last: run the backbone in channels-last memory format.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        self.num_crops = num_crops
+        self.grids = list(grids)
+        self.num_scales = 1 + len(self.grids)
+        self.temperature = temperature
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_iters = sinkhorn_iters
+        self.assign_crops = list(assign_crops)
+        self.alpha = list(alpha)
+        self.beta = list(beta)
+        self.cross_weight = cross_weight
+        self.cross_input = cross_input
+        self.use_pyramid_loss = use_pyramid_loss
+        self.use_cross_loss = use_cross_loss and cross_weight > 0 and len(self.grids) > 0
+        self.freeze_prototypes_iters = freeze_prototypes_iters
+        self.queue_start_iter = queue_start_iter
+        self.group_crops = group_crops
+        self.check_finite = check_finite
+        self.channels_last = channels_last
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), False)
+        # Iteration used when no EventStorage is active (unit tests, scripts).
+        self.iteration = 0
+
+        in_dim = backbone.output_shape()[in_feature].channels
+        self.heads = nn.ModuleList(
+            ProjectionHead(in_dim, head_hidden_dim, head_out_dim) for _ in range(self.num_scales)
+        )
+        if shared_prototypes:
+            shared = UnitRowLinear(head_out_dim, num_prototypes[0])
+            self.prototypes = nn.ModuleList([shared])
+        else:
+            self.prototypes = nn.ModuleList(
+                UnitRowLinear(head_out_dim, k) for k in num_prototypes
+            )
+        self.shared_prototypes = shared_prototypes
+        self.num_prototypes = list(num_prototypes)
+        if self.use_cross_loss:
+            self.cross_learners = nn.ModuleList(
+                UnitRowLinear(num_prototypes[s], num_prototypes[0])
+                for s in range(1, self.num_scales)
+            )
+        lengths = list(queue_lengths) or [0] * self.num_scales
+        self.queues = nn.ModuleList(
+            FeatureQueue(len(self.assign_crops) if s == 0 else 2, lengths[s], head_out_dim)
+            for s in range(self.num_scales)
+        )
+        self._normalize_prototypes()
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode):
+        validate_ssprl_config(cfg)
+        c = cfg.MODEL.SSPRL
+        grids = list(cfg.INPUT.SSPRL.GRIDS)
+        world = comm.get_world_size()
+        lengths = []
+        for s, length in enumerate(c.QUEUE.LENGTHS):
+            per_step = cfg.SOLVER.IMS_PER_BATCH * (1 if s == 0 else grids[s - 1] ** 2)
+            rounded = (length // per_step) * per_step
+            if length and rounded != length:
+                logger.warning(
+                    f"MODEL.SSPRL.QUEUE.LENGTHS[{s}]={length} is not a multiple of the "
+                    f"{per_step} embeddings pushed per step; rounded down to {rounded}."
+                )
+            lengths.append(rounded // world)
+        return {
+            "backbone": build_backbone(cfg),
+            "in_feature": c.IN_FEATURE,
+            "num_crops": sum(cfg.INPUT.SSPRL.NUM_CROPS),
+            "grids": grids,
+            "num_prototypes": list(c.NUM_PROTOTYPES),
+            "head_hidden_dim": c.HEAD_HIDDEN_DIM,
+            "head_out_dim": c.HEAD_OUT_DIM,
+            "shared_prototypes": c.SHARED_PROTOTYPES,
+            "temperature": c.TEMPERATURE,
+            "sinkhorn_epsilon": c.SINKHORN_EPSILON,
+            "sinkhorn_iters": c.SINKHORN_ITERS,
+            "assign_crops": list(c.ASSIGN_CROPS),
+            "alpha": list(c.ALPHA),
+            "beta": list(c.BETA),
+            "cross_weight": c.CROSS_WEIGHT,
+            "cross_input": c.CROSS_INPUT,
+            "use_pyramid_loss": c.USE_PYRAMID_LOSS,
+            "use_cross_loss": c.USE_CROSS_LOSS,
+            "freeze_prototypes_iters": c.FREEZE_PROTOTYPES_ITERS,
+            "queue_lengths": lengths,
+            "queue_start_iter": c.QUEUE.START_ITER,
+            "pixel_mean": list(cfg.INPUT.SSPRL.PIXEL_MEAN),
+            "pixel_std": list(cfg.INPUT.SSPRL.PIXEL_STD),
+            "group_crops": c.GROUP_CROPS,
+            "check_finite": c.CHECK_FINITE_LOSS,
+            "channels_last": c.CHANNELS_LAST,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ helpers
+    def _prototypes(self, scale: int) -> UnitRowLinear:
+        return self.prototypes[0 if self.shared_prototypes else scale]
+
+    @torch.no_grad()
+    def _normalize_prototypes(self) -> None:
+        for proto in self.prototypes:
+            proto.normalize_()
+        if self.use_cross_loss:
+            for learner in self.cross_learners:
+                learner.normalize_()
+
+    def _current_iter(self) -> int:
+        try:
+            return get_event_storage().iter
+        except AssertionError:
+            return self.iteration
+
+    def _units(self, batched_inputs: List[dict]):
+        """Stack the crops of the batch into units: one per scale-0 crop index (B images) and
+        one per (scale, view) (B*M_s patches, image-major). Returns the unit tensors and the
+        matching photometric parameters (or None)."""
+        units = [torch.stack([x["crops"][i] for x in batched_inputs]) for i in range(self.num_crops)]
+        for s in range(1, self.num_scales):
+            patches = torch.stack([x["patches"][s - 1] for x in batched_inputs])  # (B,2,M,3,p,p)
+            for v in range(2):
+                units.append(patches[:, v].flatten(0, 1))  # (B*M, 3, p, p)
+        params = None
+        if "photometric" in batched_inputs[0]:
+            allp = torch.stack([x["photometric"] for x in batched_inputs])  # (B, N_total, P)
+            params = [allp[:, i] for i in range(self.num_crops)]
+            offset = self.num_crops
+            for s in range(1, self.num_scales):
+                m = self.grids[s - 1] ** 2
+                for v in range(2):
+                    params.append(allp[:, offset : offset + m].flatten(0, 1))
+                    offset += m
+        return units, params
+
+    def _embed_units(self, units: List[torch.Tensor], params) -> List[torch.Tensor]:
+        """Pooled backbone features of every unit, one backbone pass per resolution group."""
+        if self.group_crops == "resolution":
+            groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
+            for i, u in enumerate(units):
+                groups.setdefault(tuple(u.shape[-2:]), []).append(i)
+            order = list(groups.values())
+        else:
+            order = [[i] for i in range(len(units))]
+        feats: List[Optional[torch.Tensor]] = [None] * len(units)
+        for idx in order:
+            x = torch.cat([units[i] for i in idx]).to(self.device, non_blocking=True)
+            x = x.float().div_(255.0)
+            if params is not None:
+                p = torch.cat([params[i] for i in idx]).to(self.device, non_blocking=True)
+                x = apply_photometric(x, p)
+            x = (x * 255.0 - self.pixel_mean) / self.pixel_std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            f = self.backbone(x)[self.in_feature]
+            f = F.adaptive_avg_pool2d(f, 1).flatten(1)  # (n, C)
+            for i, part in zip(idx, f.split([units[i].shape[0] for i in idx])):
+                feats[i] = part
+        return feats
+
+    def _codes(self, scores: torch.Tensor, queue_scores: Optional[torch.Tensor]) -> torch.Tensor:
+        n = scores.shape[0]
+        if queue_scores is not None:
+            scores = torch.cat([scores, queue_scores])
+        return sinkhorn_knopp(scores, self.sinkhorn_epsilon, self.sinkhorn_iters)[:n]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[dict]) -> Dict[str, torch.Tensor]:
+        """Training forward; returns the dict of weighted loss terms.
+
+        For embeddings without training, see :meth:`embed`.
+        """
+        if not self.training:
+            return self.embed(batched_inputs)
+        it = self._current_iter()
+        self._normalize_prototypes()
+        frozen = it < self.freeze_prototypes_iters
+        queues_on = it >= self.queue_start_iter
+        batch = len(batched_inputs)
+
+        units, params = self._units(batched_inputs)
+        feats = self._embed_units(units, params)
+        losses: Dict[str, torch.Tensor] = {}
+
+        # ---- scale 0: SwAV multi-crop swapped prediction
+        z0 = F.normalize(self.heads[0](torch.cat(feats[: self.num_crops])), dim=1)  # (n*B, D)
+        proto0 = self._prototypes(0)
+        scores0 = proto0(z0, frozen=frozen).split(batch)  # n x (B, K0)
+        queue0 = self.queues[0]
+        codes0 = []
+        for slot, i in enumerate(self.assign_crops):
+            q_scores = None
+            if queue0.is_full and queues_on:
+                q_scores = proto0(queue0.features[slot], frozen=True)
+            codes0.append(self._codes(scores0[i], q_scores))
+        losses["loss_pyr_s0"] = self.alpha[0] * swapped_prediction_loss(
+            codes0, scores0, self.assign_crops, self.temperature
+        )
+        z0_views = z0.split(batch)
+        new_queue = {0: [z0_views[i] for i in self.assign_crops]}
+
+        # ---- pyramid scales
+        for s in range(1, self.num_scales):
+            f_a = feats[self.num_crops + 2 * (s - 1)]
+            f_b = feats[self.num_crops + 2 * (s - 1) + 1]
+            z = F.normalize(self.heads[s](torch.cat([f_a, f_b])), dim=1)  # (2*B*M, D)
+            proto = self._prototypes(s)
+            scores_a, scores_b = proto(z, frozen=frozen).chunk(2)  # (B*M, K_s) each
+            z_a, z_b = z.chunk(2)
+            queue = self.queues[s]
+            if self.use_pyramid_loss:
+                codes = []
+                for slot, sc in enumerate((scores_a, scores_b)):
+                    q_scores = None
+                    if queue.is_full and queues_on:
+                        q_scores = proto(queue.features[slot], frozen=True)
+                    codes.append(self._codes(sc, q_scores))
+                losses[f"loss_pyr_s{s}"] = self.alpha[s] * patch_swapped_loss(
+                    codes[0], codes[1], scores_a, scores_b, self.temperature
+                )
+                new_queue[s] = [z_a, z_b]
+            if self.use_cross_loss:
+                m = self.grids[s - 1] ** 2
+                learner = self.cross_learners[s - 1]
+                cross_logits = [
+                    learner(
+                        patch_mean_representation(sc, m, self.cross_input, self.temperature),
+                        frozen=frozen,
+                    )
+                    for sc in (scores_a, scores_b)
+                ]
+                losses[f"loss_cross_s{s}"] = (
+                    self.cross_weight
+                    * self.beta[s - 1]
+                    * cross_scale_loss(codes0, cross_logits, self.temperature)
+                )
+
+        if self.check_finite:
+            for name, value in losses.items():
+                if not torch.isfinite(value).all():
+                    raise FloatingPointError(
+                        f"SS-PRL loss term '{name}' is {value.item()} at iteration {it}. "
+                        "Training stopped before applying this step; the last checkpoint in "
+                        "OUTPUT_DIR holds the last good state. Lower SOLVER.BASE_LR, check the "
+                        "data, or use bf16 instead of fp16 (SOLVER.AMP.PRECISION)."
+                    )
+        if queues_on:
+            for s, feats_s in new_queue.items():
+                self.queues[s].push(feats_s)
+        self._log_state(frozen, queues_on)
+        return losses
+
+    def _log_state(self, frozen: bool, queues_on: bool) -> None:
+        try:
+            storage = get_event_storage()
+        except AssertionError:
+            return
+        storage.put_scalar("ssprl/prototypes_frozen", float(frozen), smoothing_hint=False)
+        used = [float(q.is_full and queues_on) for q in self.queues if q.length > 0]
+        if used:
+            storage.put_scalar("ssprl/queues_in_use", sum(used), smoothing_hint=False)
+
+    @torch.no_grad()
+    def embed(self, batched_inputs: List[dict]) -> List[Dict[str, torch.Tensor]]:
+        """Inference: per image, the pooled backbone feature and scale-0 prototype probabilities
+        of its first crop, and per pyramid scale the patch prototype probabilities (view 1)."""
+        batch = len(batched_inputs)
+        units, params = self._units(batched_inputs)
+        feats = self._embed_units(units, params)
+        z0 = F.normalize(self.heads[0](feats[0]), dim=1)
+        out = [
+            {"feature": feats[0][b], "prob_s0": F.softmax(
+                self._prototypes(0)(z0[b : b + 1]) / self.temperature, dim=1)[0]}
+            for b in range(batch)
+        ]
+        for s in range(1, self.num_scales):
+            m = self.grids[s - 1] ** 2
+            z = F.normalize(self.heads[s](feats[self.num_crops + 2 * (s - 1)]), dim=1)
+            probs = F.softmax(self._prototypes(s)(z) / self.temperature, dim=1).view(batch, m, -1)
+            for b in range(batch):
+                out[b][f"prob_s{s}"] = probs[b]
+        return out
+
+
+def validate_ssprl_config(cfg: CfgNode) -> None:
+    """Fail at start-up, naming the key, when the pre-training config is inconsistent."""
+    c, inp = cfg.MODEL.SSPRL, cfg.INPUT.SSPRL
+    grids = list(inp.GRIDS)
+    num_scales = 1 + len(grids)
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(f"Invalid SS-PRL config: {msg}")
+
+    need(
+        len(inp.CROP_SIZES) == len(inp.NUM_CROPS) == len(inp.MIN_SCALES) == len(inp.MAX_SCALES),
+        "INPUT.SSPRL.CROP_SIZES, NUM_CROPS, MIN_SCALES and MAX_SCALES must have equal lengths",
+    )
+    n_crops = sum(inp.NUM_CROPS)
+    need(n_crops >= 2, f"at least 2 scale-0 crops are needed, INPUT.SSPRL.NUM_CROPS={inp.NUM_CROPS}")
+    for lo, hi in zip(inp.MIN_SCALES, inp.MAX_SCALES):
+        need(0 < lo <= hi <= 1, f"INPUT.SSPRL.MIN/MAX_SCALES must satisfy 0 < min <= max <= 1")
+    need(
+        len(inp.PYRAMID_RESIZE) == len(grids) == len(inp.PATCH_SIZES) == len(inp.PYRAMID_SCALES),
+        f"INPUT.SSPRL.GRIDS {grids}, PYRAMID_RESIZE {list(inp.PYRAMID_RESIZE)}, PATCH_SIZES "
+        f"{list(inp.PATCH_SIZES)} and PYRAMID_SCALES must have one entry per pyramid scale",
+    )
+    for s, (g, size, patch) in enumerate(zip(grids, inp.PYRAMID_RESIZE, inp.PATCH_SIZES), 1):
+        need(g >= 1, f"INPUT.SSPRL.GRIDS[{s - 1}]={g} must be >= 1")
+        if size % g:
+            lower = (size // g) * g
+            raise ValueError(
+                f"Invalid SS-PRL config: INPUT.SSPRL.PYRAMID_RESIZE[{s - 1}]={size} is not "
+                f"divisible by its grid INPUT.SSPRL.GRIDS[{s - 1}]={g}; use {lower} or "
+                f"{lower + g}."
+            )
+        need(
+            patch <= size // g,
+            f"INPUT.SSPRL.PATCH_SIZES[{s - 1}]={patch} is larger than its grid cell "
+            f"({size}/{g} = {size // g} px); lower it or raise PYRAMID_RESIZE[{s - 1}]",
+        )
+    need(
+        len(c.NUM_PROTOTYPES) == num_scales,
+        f"MODEL.SSPRL.NUM_PROTOTYPES has {len(c.NUM_PROTOTYPES)} entries, expected one per "
+        f"scale ({num_scales} = 1 + len(INPUT.SSPRL.GRIDS))",
+    )
+    need(
+        len(c.ALPHA) == num_scales,
+        f"MODEL.SSPRL.ALPHA has {len(c.ALPHA)} entries, expected {num_scales} (one per scale)",
+    )
+    need(
+        len(c.BETA) == len(grids),
+        f"MODEL.SSPRL.BETA has {len(c.BETA)} entries, expected {len(grids)} (one per pyramid "
+        "scale s >= 1)",
+    )
+    need(
+        len(c.QUEUE.LENGTHS) in (0, num_scales),
+        f"MODEL.SSPRL.QUEUE.LENGTHS has {len(c.QUEUE.LENGTHS)} entries, expected {num_scales}",
+    )
+    need(
+        len(c.ASSIGN_CROPS) >= 1 and all(0 <= i < n_crops for i in c.ASSIGN_CROPS),
+        f"MODEL.SSPRL.ASSIGN_CROPS={list(c.ASSIGN_CROPS)} must index the {n_crops} scale-0 crops",
+    )
+    need(
+        c.CROSS_INPUT in ("probs", "scores"),
+        f"MODEL.SSPRL.CROSS_INPUT must be 'probs' or 'scores', got {c.CROSS_INPUT!r}",
+    )
+    need(
+        not c.SHARED_PROTOTYPES or len(set(c.NUM_PROTOTYPES)) == 1,
+        "MODEL.SSPRL.SHARED_PROTOTYPES needs the same K for every scale in NUM_PROTOTYPES",
+    )
+    need(c.GROUP_CROPS in ("resolution", "none"), "MODEL.SSPRL.GROUP_CROPS: resolution|none")
+    need(
+        c.IN_FEATURE in cfg.MODEL.RESNETS.OUT_FEATURES,
+        f"MODEL.SSPRL.IN_FEATURE={c.IN_FEATURE} must be in MODEL.RESNETS.OUT_FEATURES",
+    )
+    need(
+        inp.PHOTOMETRIC_ON in ("loader", "model"),
+        f"INPUT.SSPRL.PHOTOMETRIC_ON must be 'loader' or 'model', got {inp.PHOTOMETRIC_ON!r}",
+    )
+    need(
+        inp.RESAMPLE in ("interpolate", "roi_align"),
+        f"INPUT.SSPRL.RESAMPLE must be 'interpolate' or 'roi_align', got {inp.RESAMPLE!r}",
+    )
+    need(c.TEMPERATURE > 0 and c.SINKHORN_EPSILON > 0, "TEMPERATURE and SINKHORN_EPSILON > 0")
+    need(not math.isnan(c.CROSS_WEIGHT) and c.CROSS_WEIGHT >= 0, "MODEL.SSPRL.CROSS_WEIGHT >= 0")

@@ -1,0 +1,81 @@
+"""Optimizers of the project: LARS/SGD for pre-training, per-task dispatch."""
+import logging
+from typing import Dict, List
+
+import torch
+from detectron2.solver.build import maybe_add_gradient_clipping
+from torch import nn
+
+from .lars import LARS
+
+logger = logging.getLogger(__name__)
+
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def pretrain_param_groups(
+    model: nn.Module, base_lr: float, weight_decay: float, exclude_bn_bias: bool
+) -> List[Dict]:
+    """Two parameter groups: adapted weights, and (when ``exclude_bn_bias``) normalisation
+    layers and biases without LARS adaptation and without weight decay."""
+    regular, excluded, seen = [], [], set()
+    for module in model.modules():
+        is_norm = isinstance(module, _NORM_TYPES) or "FrozenBatchNorm" in type(module).__name__
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if exclude_bn_bias and (is_norm or name == "bias"):
+                excluded.append(p)
+            else:
+                regular.append(p)
+    groups = [{"params": regular, "lr": base_lr, "weight_decay": weight_decay}]
+    if excluded:
+        groups.append(
+            {"params": excluded, "lr": base_lr, "weight_decay": 0.0, "lars_exclude": True}
+        )
+    return groups
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer for ``cfg``'s job (pre-training: SGD or LARS; classification: the
+    classifier's groups; detection: Detectron2's default)."""
+    from ssprl_d2.engine.setup import TASK_CLASSIFY, TASK_DETECT, task_of
+
+    task = task_of(cfg)
+    if task == TASK_CLASSIFY:
+        from .classification import build_classifier_optimizer
+
+        return build_classifier_optimizer(cfg, model)
+    if task == TASK_DETECT and cfg.SOLVER.OPTIMIZER == "SGD":
+        from detectron2.solver import build_optimizer as d2_build_optimizer
+
+        return d2_build_optimizer(cfg, model)
+    groups = pretrain_param_groups(
+        model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.LARS.EXCLUDE_BN_BIAS
+    )
+    if cfg.SOLVER.OPTIMIZER == "LARS":
+        optimizer_cls = maybe_add_gradient_clipping(cfg, LARS)
+        return optimizer_cls(
+            groups,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            nesterov=cfg.SOLVER.NESTEROV,
+            trust_coefficient=cfg.SOLVER.LARS.TRUST_COEFFICIENT,
+            clip=cfg.SOLVER.LARS.CLIP,
+            eps=cfg.SOLVER.LARS.EPS,
+        )
+    optimizer_cls = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+    return optimizer_cls(
+        groups,
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        nesterov=cfg.SOLVER.NESTEROV,
+    )

@@ -1,0 +1,177 @@
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.utils.events import EventStorage
+
+from ssprl_d2.config import add_ssprl_config
+from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
+from ssprl_d2.engine.setup import validate_config
+from ssprl_d2.modeling.ssprl import SSPRL
+
+
+def tiny_cfg(extra=()):
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file("configs/ssprl_demo.yaml")
+    cfg.merge_from_list(
+        [
+            "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
+            "INPUT.SSPRL.PYRAMID_RESIZE", "[32, 48]",
+            "INPUT.SSPRL.PATCH_SIZES", "[16, 16]",
+            "MODEL.SSPRL.HEAD_HIDDEN_DIM", "32",
+            "MODEL.SSPRL.HEAD_OUT_DIM", "16",
+            "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 6, 6]",
+            "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "0",
+            "SOLVER.IMS_PER_BATCH", "4",
+            *extra,
+        ]
+    )
+    return cfg
+
+
+def batch(cfg, n=4, seed=0):
+    mapper = PyramidDatasetMapper(cfg)
+    g = torch.Generator().manual_seed(seed)
+    return [
+        mapper.map_image(torch.randint(0, 256, (3, 64, 72), dtype=torch.uint8, generator=g), g)
+        for _ in range(n)
+    ]
+
+
+def test_forward_backward_named_terms():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = SSPRL(cfg)
+    with EventStorage(0):
+        losses = model(batch(cfg))
+    assert set(losses) == {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2",
+                           "loss_cross_s1", "loss_cross_s2"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.stem.conv1.weight.grad is not None
+    assert model.cross_learners[0].weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["MODEL.SSPRL.CROSS_WEIGHT", "0.0"],
+         {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2"}),
+        (["MODEL.SSPRL.USE_CROSS_LOSS", "False"],
+         {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2"}),
+        (["MODEL.SSPRL.USE_PYRAMID_LOSS", "False"],
+         {"loss_pyr_s0", "loss_cross_s1", "loss_cross_s2"}),
+        (["INPUT.SSPRL.GRIDS", "[]", "INPUT.SSPRL.PYRAMID_RESIZE", "[]",
+          "INPUT.SSPRL.PATCH_SIZES", "[]", "INPUT.SSPRL.PYRAMID_SCALES", "[]",
+          "MODEL.SSPRL.NUM_PROTOTYPES", "[8]", "MODEL.SSPRL.ALPHA", "[1.0]",
+          "MODEL.SSPRL.BETA", "[]", "MODEL.SSPRL.QUEUE.LENGTHS", "[0]"],
+         {"loss_pyr_s0"}),
+        (["MODEL.SSPRL.SHARED_PROTOTYPES", "True", "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 8, 8]"],
+         {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2", "loss_cross_s1", "loss_cross_s2"}),
+        (["MODEL.SSPRL.CROSS_INPUT", "scores"],
+         {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2", "loss_cross_s1", "loss_cross_s2"}),
+    ],
+)
+def test_ablation_switches(extra, expected):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(extra)
+    validate_config(cfg)
+    model = SSPRL(cfg)
+    with EventStorage(0):
+        losses = model(batch(cfg))
+    assert set(losses) == expected
+    if "SHARED_PROTOTYPES" in extra:
+        assert len(model.prototypes) == 1
+
+
+def test_ablation_switch_changes_only_its_term():
+    torch.manual_seed(0)
+    full_model = SSPRL(tiny_cfg())
+    torch.manual_seed(0)
+    pyr_only = SSPRL(tiny_cfg(["MODEL.SSPRL.USE_CROSS_LOSS", "False"]))
+    pyr_only.load_state_dict(full_model.state_dict(), strict=False)
+    data = batch(tiny_cfg())
+    with EventStorage(0):
+        a = full_model(data)
+        b = pyr_only(data)
+    for k, v in b.items():
+        torch.testing.assert_close(v, a[k])
+
+
+def test_prototypes_unit_norm_and_frozen_without_grad():
+    cfg = tiny_cfg(["MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "5"])
+    model = SSPRL(cfg)
+    with torch.no_grad():
+        model.prototypes[0].weight.mul_(3.0)
+    with EventStorage(2):
+        losses = model(batch(cfg))
+    torch.testing.assert_close(model.prototypes[0].weight.norm(dim=1), torch.ones(8))
+    sum(losses.values()).backward()
+    assert model.prototypes[0].weight.grad is None
+    assert model.cross_learners[0].weight.grad is None
+    assert model.heads[0][0].weight.grad is not None
+
+
+def test_queue_fills_then_is_used():
+    cfg = tiny_cfg(["MODEL.SSPRL.QUEUE.LENGTHS", "[8, 16, 36]",
+                    "MODEL.SSPRL.QUEUE.START_ITER", "1"])
+    model = SSPRL(cfg)
+    assert [q.length for q in model.queues] == [8, 16, 36]
+    data = batch(cfg)
+    with EventStorage(0):
+        model(data)
+    assert int(model.queues[0].num_filled) == 0  # not started yet
+    for it in (1, 2):
+        with EventStorage(it):
+            model(data)
+    assert model.queues[0].is_full and model.queues[1].is_full and model.queues[2].is_full
+    assert "queues.0.features" in model.state_dict()
+
+
+def test_non_finite_loss_names_term_and_iteration():
+    cfg = tiny_cfg()
+    model = SSPRL(cfg)
+    with torch.no_grad():
+        model.heads[1][-1].weight.fill_(float("nan"))
+    with EventStorage(7), pytest.raises(FloatingPointError, match=r"loss_pyr_s1.*iteration 7"):
+        model(batch(cfg))
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["INPUT.SSPRL.PATCH_SIZES", "[20, 16]"], "PATCH_SIZES.*larger than its grid cell"),
+        (["INPUT.SSPRL.PYRAMID_RESIZE", "[33, 48]"], "not divisible"),
+        (["MODEL.SSPRL.NUM_PROTOTYPES", "[8, 6]"], "NUM_PROTOTYPES"),
+        (["MODEL.SSPRL.ALPHA", "[1.0, 0.25]"], "ALPHA"),
+        (["MODEL.SSPRL.BETA", "[0.25]"], "BETA"),
+        (["MODEL.SSPRL.ASSIGN_CROPS", "[0, 9]"], "ASSIGN_CROPS"),
+        (["MODEL.SSPRL.CROSS_INPUT", "logits"], "CROSS_INPUT"),
+    ],
+)
+def test_invalid_configs_name_the_key(extra, match):
+    with pytest.raises(ValueError, match=match):
+        validate_config(tiny_cfg(extra))
+
+
+def test_queue_length_rounding_is_logged(caplog):
+    cfg = tiny_cfg(["MODEL.SSPRL.QUEUE.LENGTHS", "[10, 16, 40]"])
+    model = SSPRL(cfg)
+    assert [q.length for q in model.queues] == [8, 16, 36]
+    assert "rounded down to 8" in caplog.text
+
+
+def test_paper_config_builds_and_runs_on_cpu():
+    cfg = get_cfg()
+    add_ssprl_config(cfg)
+    cfg.merge_from_file("configs/ssprl_pretrain.yaml")
+    cfg.MODEL.RESNETS.NORM = "BN"
+    validate_config(cfg)
+    model = SSPRL(cfg)
+    assert [p.weight.shape[0] for p in model.prototypes] == [300, 150, 150]
+    data = batch(cfg, n=2)
+    with EventStorage(0):
+        losses = model(data)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Fast linear evaluation: features of the frozen backbone are extracted once and the linear head
+is trained on them (see ssprl_d2/engine/fast_linear.py). Same config as the standard run.
+
+    python tools/fast_linear_eval.py --config-file configs/classification/linear_voc07.yaml \
+        MODEL.WEIGHTS ssprl_r50.pkl
+    python tools/fast_linear_eval.py --config-file configs/classification/linear_demo.yaml
+
+Equivalent: tools/train_net.py with MODEL.CLASSIFIER.FAST_LINEAR.ENABLED True.
+"""
+from detectron2.engine import default_argument_parser, launch
+
+import ssprl_d2  # noqa: F401  (registers models, datasets)
+from ssprl_d2.engine.fast_linear import run_fast_linear
+from ssprl_d2.engine.setup import setup
+
+
+def main(args):
+    return run_fast_linear(setup(args))
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
