@@ -98,7 +98,8 @@ def test_mask_pixels_carry_the_category_colour(small_root):
     bases /= np.linalg.norm(bases, axis=1, keepdims=True)
     hits = total = 0
     for image_id, info in coco.imgs.items():
-        pixels = np.asarray(Image.open(os.path.join(small_root, "images", "train", info["file_name"])))
+        path = os.path.join(small_root, "images", "train", info["file_name"])
+        pixels = np.asarray(Image.open(path))
         for ann in coco.imgToAnns[image_id]:
             mean = pixels[coco.annToMask(ann).astype(bool)].mean(axis=0)
             guess = int(np.argmax(bases @ (mean / np.linalg.norm(mean))))
@@ -145,8 +146,11 @@ def test_concurrent_generation_is_safe(tmp_path):
         assert p.exitcode == 0
     assert [queue.get(timeout=5) for _ in procs] == [root, root]
     assert sorted(n for n in os.listdir(tmp_path) if not n.endswith(".lock")) == ["race"]
-    _check_coco(os.path.join(root, "annotations", "instances_train.json"),
-                os.path.join(root, "images", "train"), 6)
+    _check_coco(
+        os.path.join(root, "annotations", "instances_train.json"),
+        os.path.join(root, "images", "train"),
+        6,
+    )
 
 
 def test_default_dataset(demo_root):

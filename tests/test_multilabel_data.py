@@ -1,5 +1,6 @@
 """Multi-label targets (COCO json, VOC XML), label subsets, the mapper and the loaders."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -45,10 +46,11 @@ def _coco_fixture(tmp_path, name):
         _write_jpg(tmp_path / "img" / f"{image_id}.jpg", seed=image_id)
         images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": 30, "width": 40})
         for c in cat_ids:
+            crowd = int(image_id == 3 and c == 1)
             anns.append(
-                {"id": len(anns) + 1, "image_id": image_id, "category_id": c, "bbox": [1, 1, 10, 10],
-                 "area": 100, "iscrowd": int(image_id == 3 and c == 1)}
-            )
+                {"id": len(anns) + 1, "image_id": image_id, "category_id": c,
+                 "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": crowd}
+            )  # fmt: skip
     coco = {"images": images, "annotations": anns,
             "categories": [{"id": k, "name": v} for k, v in cats.items()]}
     json_file = tmp_path / "instances.json"
@@ -141,6 +143,7 @@ def test_builtin_voc_cls_names_are_registered():
 
 
 def test_label_subset_is_deterministic_and_generated_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     ids = list(range(1000, 0, -3))  # unsorted input
     a = sample_label_subset(ids, 0.1, seed=0)
     assert a == sample_label_subset(list(reversed(ids)), 0.1, seed=0)

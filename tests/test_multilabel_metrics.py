@@ -77,7 +77,10 @@ def test_evaluator_result_format_and_percent(tmp_path):
     evaluator = MultiLabelEvaluator(name, output_dir=str(tmp_path))
     evaluator.reset()
     for i in range(0, 40, 8):  # batches as a test loader gives them
-        inputs = [{"labels": torch.from_numpy(l), "image_id": i + j} for j, l in enumerate(labels[i : i + 8])]
+        inputs = [
+            {"labels": torch.from_numpy(lab), "image_id": i + j}
+            for j, lab in enumerate(labels[i : i + 8])
+        ]
         outputs = [{"scores": torch.from_numpy(s)} for s in scores[i : i + 8]]
         evaluator.process(inputs, outputs)
     results = evaluator.evaluate()

@@ -40,10 +40,8 @@ def batch(n=4, size=48, seed=0):
     g = torch.Generator().manual_seed(seed)
     labels = (torch.rand(n, NUM_CLASSES, generator=g) < 0.5).float()
     labels[0, 0] = -1  # an ignored entry
-    return [
-        {"image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g), "labels": l}
-        for l in labels
-    ]
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    return [{"image": im, "labels": lab} for im, lab in zip(images, labels)]
 
 
 def train_steps(model, optimizer, steps=3):
@@ -107,7 +105,8 @@ def test_inference_scores_and_mixed_sizes():
 
 
 def _backbone_numpy(model):
-    return {k[len("backbone."):]: v.numpy() for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    state = model.state_dict()
+    return {k[len("backbone.") :]: v.numpy() for k, v in state.items() if k.startswith("backbone.")}
 
 
 def test_loads_converted_pkl_into_backbone(tmp_path):
@@ -115,9 +114,8 @@ def test_loads_converted_pkl_into_backbone(tmp_path):
     source = build_model(tiny_cfg())
     path = tmp_path / "converted.pkl"
     with open(path, "wb") as f:
-        pickle.dump(
-            {"model": _backbone_numpy(source), "__author__": "ssprl_d2", "matching_heuristics": True}, f
-        )
+        converted = {"model": _backbone_numpy(source), "__author__": "test"}
+        pickle.dump(dict(converted, matching_heuristics=True), f)
     torch.manual_seed(2)
     target = build_model(tiny_cfg())
     head = target.head.weight.detach().clone()

@@ -1,4 +1,5 @@
 import torch
+from pretrain_utils import config_path
 from detectron2.config import get_cfg
 
 from ssprl_d2.config import add_ssprl_config
@@ -9,7 +10,7 @@ from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper, sample_resized_cr
 def _cfg(**overrides):
     cfg = get_cfg()
     add_ssprl_config(cfg)
-    cfg.merge_from_file("configs/ssprl_pretrain.yaml")
+    cfg.merge_from_file(config_path("configs/ssprl_pretrain.yaml"))
     for k, v in overrides.items():
         node = cfg
         *path, last = k.split(".")

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from pretrain_utils import config_path
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
@@ -12,7 +13,7 @@ from ssprl_d2.modeling.ssprl import SSPRL
 def tiny_cfg(extra=()):
     cfg = get_cfg()
     add_ssprl_config(cfg)
-    cfg.merge_from_file("configs/ssprl_demo.yaml")
+    cfg.merge_from_file(config_path("configs/ssprl_demo.yaml"))
     cfg.merge_from_list(
         [
             "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
@@ -165,7 +166,7 @@ def test_queue_length_rounding_is_logged(caplog):
 def test_paper_config_builds_and_runs_on_cpu():
     cfg = get_cfg()
     add_ssprl_config(cfg)
-    cfg.merge_from_file("configs/ssprl_pretrain.yaml")
+    cfg.merge_from_file(config_path("configs/ssprl_pretrain.yaml"))
     cfg.MODEL.RESNETS.NORM = "BN"
     validate_config(cfg)
     model = SSPRL(cfg)

@@ -19,7 +19,9 @@ from ssprl_d2.data.multilabel import sample_label_subset, write_label_subset
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--dataset", required=True, help="registered dataset name")
     parser.add_argument("--fraction", type=float, required=True, help="e.g. 0.01 for 1%%")
     parser.add_argument("--seed", type=int, default=0)

@@ -174,7 +174,8 @@ def generate_demo_dataset(
                 {"id": image_id, "file_name": file_name, "height": height, "width": width}
             )
             for category, polygons, mask in objects:
-                annotations.append(_annotation(len(annotations) + 1, image_id, category, polygons, mask))
+                ann_id = len(annotations) + 1
+                annotations.append(_annotation(ann_id, image_id, category, polygons, mask))
         coco = {
             "info": {
                 "description": "ssprl_d2 demo dataset: SYNTHETIC shapes on crops of scikit-image "
@@ -300,7 +301,8 @@ def _background(rng: np.random.Generator, photos, width: int, height: int) -> np
 
 def _render_image(rng: np.random.Generator, categories: Sequence[int], photos):
     """Returns (uint8 HxWx3 image, [(category, polygons, visible mask)] bottom to top)."""
-    width, height = (int(v) for v in rng.integers(_IMAGE_SIZE_RANGE[0], _IMAGE_SIZE_RANGE[1] + 1, 2))
+    low, high = _IMAGE_SIZE_RANGE
+    width, height = (int(v) for v in rng.integers(low, high + 1, 2))
     pixels = _background(rng, photos, width, height)
     placed: List[Tuple[int, list, np.ndarray]] = []  # (category, full polygons, full mask)
     finals: List[Tuple[list, np.ndarray]] = []

@@ -43,7 +43,9 @@ VOC_CLASSES = (
 
 
 # ----------------------------------------------------------------------------- targets
-def multilabel_targets(dataset_dict: Dict, num_classes: int, ignore_value: float = -1) -> np.ndarray:
+def multilabel_targets(
+    dataset_dict: Dict, num_classes: int, ignore_value: float = -1
+) -> np.ndarray:
     """Multi-hot target vector of one image.
 
     Args:
@@ -222,7 +224,9 @@ def write_label_subset(path: str, image_ids: Sequence) -> None:
     os.replace(tmp, path)
 
 
-def filter_by_label_subset(dataset_dicts: List[Dict], image_ids: Sequence, source: str = "") -> List:
+def filter_by_label_subset(
+    dataset_dicts: List[Dict], image_ids: Sequence, source: str = ""
+) -> List[Dict]:
     """Keep the dicts whose "image_id" is in ``image_ids`` (compared as normalised strings)."""
     wanted = {_norm_id(i) for i in image_ids}
     kept = [d for d in dataset_dicts if _norm_id(d["image_id"]) in wanted]

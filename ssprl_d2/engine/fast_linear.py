@@ -59,7 +59,7 @@ def extract_features(model: nn.Module, data_loader) -> Optional[Features]:
     if not comm.is_main_process():
         return None
     feats = [f for p in parts for f in p[0]]
-    labels = [l for p in parts for l in p[1]]
+    labels = [lab for p in parts for lab in p[1]]
     ids = [i for p in parts for i in p[2]]
     return torch.cat(feats), torch.cat(labels), ids
 
@@ -114,7 +114,9 @@ def train_linear_head(
         losses.append(loss.item())
         if log_period and ((it + 1) % log_period == 0 or it + 1 == max_iter):
             lr = optimizer.param_groups[0]["lr"]
-            logger.info(f"[fast linear] iter {it + 1}/{max_iter} loss_cls {losses[-1]:.4f} lr {lr:.5g}")
+            logger.info(
+                f"[fast linear] iter {it + 1}/{max_iter} loss_cls {losses[-1]:.4f} lr {lr:.5g}"
+            )
     return losses
 
 
@@ -127,13 +129,15 @@ def _cache_key(cfg: CfgNode, split: str, dataset: str, num_images: int, is_train
         "backbone": cfg.MODEL.BACKBONE, "resnets": cfg.MODEL.RESNETS,
         "feature": cfg.MODEL.CLASSIFIER.IN_FEATURE, "subset": cfg.DATASETS.SSPRL,
         "passes": cfg.MODEL.CLASSIFIER.FAST_LINEAR.TRAIN_AUG_PASSES,
-        "pixel": [cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD],
+        "pixel": [cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD], "seed": cfg.SEED,
     }
     blob = json.dumps(content, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
-def _features_of(cfg, model, dicts, is_train: bool, cache_file: Optional[str]) -> Optional[Features]:
+def _features_of(
+    cfg: CfgNode, model: nn.Module, dicts: List[Dict], is_train: bool, cache_file: Optional[str]
+) -> Optional[Features]:
     if cache_file and PathManager.exists(cache_file):
         logger.info(f"[fast linear] reusing cached features {cache_file}")
         if comm.is_main_process():
@@ -175,6 +179,9 @@ def run_fast_linear(cfg: CfgNode) -> Dict:
     checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     cache_dir = os.path.join(cfg.OUTPUT_DIR, "fast_linear_cache") if fcfg.CACHE_TO_DISK else None
+    if cache_dir and not cfg.MODEL.WEIGHTS and cfg.SEED < 0:
+        logger.warning("[fast linear] random-init backbone without a fixed SEED: not caching.")
+        cache_dir = None
 
     start = time.perf_counter()
     train_dicts = get_multilabel_train_dicts(cfg)
@@ -214,7 +221,8 @@ def run_fast_linear(cfg: CfgNode) -> Dict:
         ignore_value=cfg.MODEL.CLASSIFIER.IGNORE_VALUE,
         seed=max(cfg.SEED, 0),
     )
-    logger.info(f"[fast linear] {cfg.SOLVER.MAX_ITER} iterations in {time.perf_counter() - start:.1f} s")
+    train_s = time.perf_counter() - start
+    logger.info(f"[fast linear] {cfg.SOLVER.MAX_ITER} iterations in {train_s:.1f} s")
 
     results = OrderedDict()
     model.eval()

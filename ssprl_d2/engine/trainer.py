@@ -35,7 +35,10 @@ class Trainer(DefaultTrainer):
         find_unused = task_of(cfg) == TASK_PRETRAIN or (
             task_of(cfg) == TASK_CLASSIFY and cfg.MODEL.CLASSIFIER.MODE == "linear"
         )
-        model = create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=find_unused)
+        ddp_kwargs = {"broadcast_buffers": False, "find_unused_parameters": find_unused}
+        if not cfg.MODEL.DEVICE.startswith("cuda"):
+            ddp_kwargs["device_ids"] = None  # CPU DDP (gloo): no device ids
+        model = create_ddp_model(model, **ddp_kwargs)
         if cfg.SOLVER.AMP.ENABLED:
             precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
             grad_scaler = None
@@ -98,6 +101,9 @@ class Trainer(DefaultTrainer):
             from ssprl_d2.evaluation import MultiLabelEvaluator
 
             return MultiLabelEvaluator(dataset_name, output_dir=output_folder)
+        from ssprl_d2.data import prepare_datasets
+
+        prepare_datasets([dataset_name])  # the demo json must exist for COCOEvaluator
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
 

@@ -85,7 +85,7 @@ def mean_average_precision(
     if scores.ndim != 2 or scores.shape != labels.shape:
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be equal (N, C)")
     per_class = np.array(
-        [average_precision(scores[:, c], labels[:, c], ignore_value) for c in range(scores.shape[1])]
+        [average_precision(s, y, ignore_value) for s, y in zip(scores.T, labels.T)]
     )
     missing = np.flatnonzero(np.isnan(per_class))
     if missing.size:
@@ -170,7 +170,8 @@ class MultiLabelEvaluator(DatasetEvaluator):
             results[f"AP-{name}"] = 100.0 * ap
         logger.info(
             f"Multi-label evaluation of {self._dataset_name} ({len(scores)} images, "
-            f"{num_classes} classes): mAP = {results['mAP']:.2f}\n" + _per_class_table(names, per_class)
+            f"{num_classes} classes): mAP = {results['mAP']:.2f}\n"
+            + _per_class_table(names, per_class)
         )
         if self._output_dir:
             self._save(scores_np, labels_np, image_ids, results)
@@ -178,12 +179,14 @@ class MultiLabelEvaluator(DatasetEvaluator):
 
     def _save(self, scores, labels, image_ids, results: Dict[str, float]) -> None:
         PathManager.mkdirs(self._output_dir)
-        with PathManager.open(os.path.join(self._output_dir, "multilabel_predictions.pth"), "wb") as f:
-            torch.save(
-                {"scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels),
-                 "image_ids": image_ids},
-                f,
-            )
+        predictions = {
+            "scores": torch.from_numpy(scores),
+            "labels": torch.from_numpy(labels),
+            "image_ids": image_ids,
+        }
+        path = os.path.join(self._output_dir, "multilabel_predictions.pth")
+        with PathManager.open(path, "wb") as f:
+            torch.save(predictions, f)
         with PathManager.open(os.path.join(self._output_dir, "multilabel_results.json"), "w") as f:
             json.dump({k: (None if np.isnan(v) else v) for k, v in results.items()}, f, indent=1)
 

@@ -79,7 +79,7 @@ class MultiLabelClassifier(nn.Module):
         """
         super().__init__()
         if mode not in CLASSIFIER_MODES:
-            raise ValueError(f"MultiLabelClassifier mode must be one of {CLASSIFIER_MODES}: {mode!r}")
+            raise ValueError(f"Classifier mode must be one of {CLASSIFIER_MODES}: {mode!r}")
         shapes = backbone.output_shape()
         if in_feature not in shapes:
             raise ValueError(
@@ -233,12 +233,15 @@ def validate_classifier_config(cfg: CfgNode) -> None:
     if ccfg.NUM_CLASSES <= 0:
         raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES must be positive: {ccfg.NUM_CLASSES}")
     if ccfg.BACKBONE_LR_FACTOR < 0:
-        raise ValueError(f"MODEL.CLASSIFIER.BACKBONE_LR_FACTOR must be >= 0: {ccfg.BACKBONE_LR_FACTOR}")
+        raise ValueError(
+            f"MODEL.CLASSIFIER.BACKBONE_LR_FACTOR must be >= 0: {ccfg.BACKBONE_LR_FACTOR}"
+        )
     if ccfg.IGNORE_VALUE in (0, 1):
         raise ValueError("MODEL.CLASSIFIER.IGNORE_VALUE must differ from the labels 0 and 1.")
     if ccfg.FAST_LINEAR.ENABLED and ccfg.MODE != "linear":
-        raise ValueError("MODEL.CLASSIFIER.FAST_LINEAR.ENABLED needs MODEL.CLASSIFIER.MODE 'linear'.")
-    if "resnet" in cfg.MODEL.BACKBONE.NAME and ccfg.IN_FEATURE not in cfg.MODEL.RESNETS.OUT_FEATURES:
+        raise ValueError("MODEL.CLASSIFIER.FAST_LINEAR.ENABLED needs MODEL.CLASSIFIER.MODE linear.")
+    out_features = cfg.MODEL.RESNETS.OUT_FEATURES
+    if "resnet" in cfg.MODEL.BACKBONE.NAME and ccfg.IN_FEATURE not in out_features:
         raise ValueError(
             f"MODEL.CLASSIFIER.IN_FEATURE {ccfg.IN_FEATURE!r} is not in MODEL.RESNETS.OUT_FEATURES "
             f"{list(cfg.MODEL.RESNETS.OUT_FEATURES)}."

@@ -1,0 +1,59 @@
+"""Shared helpers of the pre-training tests: a tiny image folder and a tiny config."""
+import os
+
+import numpy as np
+from PIL import Image
+
+from ssprl_d2.engine.setup import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_path(rel: str) -> str:
+    return os.path.join(REPO, rel)
+
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
+    "INPUT.SSPRL.NUM_CROPS", "[2, 2]",
+    "INPUT.SSPRL.PYRAMID_RESIZE", "[32, 48]",
+    "INPUT.SSPRL.PATCH_SIZES", "[16, 16]",
+    "MODEL.SSPRL.HEAD_HIDDEN_DIM", "32",
+    "MODEL.SSPRL.HEAD_OUT_DIM", "16",
+    "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 6, 6]",
+    "MODEL.SSPRL.QUEUE.LENGTHS", "[8, 16, 36]",
+    "MODEL.SSPRL.QUEUE.START_ITER", "1",
+    "SOLVER.IMS_PER_BATCH", "4",
+    "SOLVER.WARMUP_ITERS", "2",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SEED", "7",
+]
+
+
+def write_image_folder(root: str, n: int = 10, corrupt: int = 0) -> str:
+    """``n`` small JPEGs of coloured rectangles (+ ``corrupt`` unreadable files)."""
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.full((56, 64, 3), rng.integers(0, 255, 3), dtype=np.uint8)
+        y, x = rng.integers(0, 30, 2)
+        img[y : y + 24, x : x + 30] = rng.integers(0, 255, 3)
+        Image.fromarray(img).save(os.path.join(root, f"img_{i:03d}.jpg"), quality=90)
+    for i in range(corrupt):
+        with open(os.path.join(root, f"broken_{i}.jpg"), "wb") as f:
+            f.write(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    return root
+
+
+def tiny_pretrain_cfg(folder: str, output_dir: str, name: str = "tiny_pretrain", extra=()):
+    cfg = load_config(
+        config_path("configs/ssprl_demo.yaml"),
+        [
+            "DATASETS.SSPRL.IMAGE_FOLDERS", f"[['{name}', '{folder}']]",
+            "DATASETS.TRAIN", f"('{name}',)",
+            "OUTPUT_DIR", output_dir,
+            *TINY_OPTS,
+            *extra,
+        ],
+    )
+    return cfg
