@@ -12,8 +12,9 @@ demo: setup
 	$(PY) tools/run_demo.py --output-dir output/demo
 
 ## The whole test suite (fast, CPU).
+# Tiny tensors: one OpenMP thread per worker, two pytest workers (2-core CI).
 test: setup
-	$(PY) -m pytest tests -q -ra --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests -q -ra -n 2 --durations=15
 
 lint: setup
 	$(PY) -m flake8 ssprl_d2 tools tests benchmarks || true

@@ -25,7 +25,10 @@ fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   log "creating virtual environment $VENV"
-  "$PYTHON_BIN" -m venv "$VENV" || die "could not create a venv with $PYTHON_BIN (install python3-venv)"
+  VENV_FLAGS=()
+  # Reuse a preinstalled torch (GPU machines): SSPRL_SYSTEM_SITE_PACKAGES=1.
+  [[ "${SSPRL_SYSTEM_SITE_PACKAGES:-0}" == "1" ]] && VENV_FLAGS+=(--system-site-packages)
+  "$PYTHON_BIN" -m venv "${VENV_FLAGS[@]}" "$VENV" || die "could not create a venv with $PYTHON_BIN (install python3-venv)"
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
@@ -33,13 +36,13 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   log "installing $TORCH_SPEC (a large download the first time)"
   # shellcheck disable=SC2086
-  "${PIP[@]}" install $TORCH_SPEC || die "installing torch/torchvision failed (set SSPRL_TORCH_SPEC to another pair)"
+  "${PIP[@]}" install -q $TORCH_SPEC || die "installing torch/torchvision failed (set SSPRL_TORCH_SPEC to another pair)"
 fi
 
 log "installing runtime dependencies"
 "${PIP[@]}" install -q "setuptools<81" wheel "numpy>=1.24" "fvcore>=0.1.5" "iopath>=0.1.9" \
   "pycocotools>=2.0.6" yacs termcolor tabulate cloudpickle tqdm tensorboard "omegaconf>=2.1" \
-  "hydra-core>=1.1" matplotlib Pillow "scikit-learn>=1.2" "scikit-image>=0.21" "pytest>=7" \
+  "hydra-core>=1.1" matplotlib Pillow "scikit-learn>=1.2" "scikit-image>=0.21" "pytest>=7" "pytest-xdist>=3" flake8 \
   || die "installing the runtime dependencies failed"
 
 if "$PY" -c "import detectron2.modeling, detectron2.engine" 2>/dev/null; then

@@ -194,7 +194,10 @@ def _variants(sd):
     heads = {"projection_head.0.weight": torch.zeros(4, 4), "prototypes.weight": torch.zeros(3, 4)}
     return {
         "plain": (sd, ["fc.bias", "fc.weight"]),
-        "module": ({"module." + k: v for k, v in sd.items()}, ["module.fc.bias", "module.fc.weight"]),
+        "module": (
+            {"module." + k: v for k, v in sd.items()},
+            ["module.fc.bias", "module.fc.weight"],
+        ),
         "swav": (
             {
                 "state_dict": {
@@ -216,7 +219,11 @@ def _variants(sd):
                 },
                 "arch": "resnet18",
             },
-            ["module.encoder_q.fc.weight", "module.encoder_k.layer1.0.conv1.weight", "module.queue"],
+            [
+                "module.encoder_q.fc.weight",
+                "module.encoder_k.layer1.0.conv1.weight",
+                "module.queue",
+            ],
         ),
         "encoder_model": (
             {"model": {**{"encoder." + k: v for k, v in sd.items()}, **heads}},
@@ -261,7 +268,8 @@ def _ssprl_checkpoint(seed=0):
             "queue_0": torch.randn(64, 16),
         }
     )
-    return {"model": model, "iteration": 3, "optimizer": {"state": {}, "param_groups": []}}, backbone
+    checkpoint = {"model": model, "iteration": 3, "optimizer": {"state": {}, "param_groups": []}}
+    return checkpoint, backbone
 
 
 def test_ssprl_checkpoint_converts_with_heads_dropped(tmp_path):
@@ -271,10 +279,8 @@ def test_ssprl_checkpoint_converts_with_heads_dropped(tmp_path):
     result = convert_checkpoint(path)
     assert result.source_format == "detectron2" and result.prefix == "backbone."
     assert result.depth == 18 and result.unmapped == []
-    assert sorted(result.dropped) == sorted(
-    ["heads.0.0.weight", "heads.1.2.bias", "prototypes.0.weight", "cross_learners.0.weight",
-         "queue_0"]
-    )
+    heads = ["heads.0.0.weight", "heads.1.2.bias", "prototypes.0.weight", "cross_learners.0.weight"]
+    assert sorted(result.dropped) == sorted(heads + ["queue_0"])
     for name, value in backbone.state_dict().items():
         torch.testing.assert_close(result.model[name], value, rtol=0, atol=0)
 

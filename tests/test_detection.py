@@ -24,7 +24,9 @@ from ssprl_d2.engine.setup import TASK_DETECT, load_config, task_of
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_DIR = os.path.join(REPO, "configs", "detection")
 LEAVES = sorted(
-    p for p in glob.glob(os.path.join(DET_DIR, "*.yaml")) if not os.path.basename(p).startswith("Base")
+    p
+    for p in glob.glob(os.path.join(DET_DIR, "*.yaml"))
+    if not os.path.basename(p).startswith("Base")
 )
 NO_DATA = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
 
@@ -95,7 +97,8 @@ def test_schedules_and_datasets():
     assert tuple(rnd.SOLVER.STEPS) == (10000, 13333) and rnd.MODEL.RESNETS.NORM == "SyncBN"
 
     demo = _merge(os.path.join(DET_DIR, "mask_rcnn_demo.yaml"))
-    assert demo.DATASETS.TRAIN == ("ssprl_demo_train",) and demo.DATASETS.TEST == ("ssprl_demo_val",)
+    assert demo.DATASETS.TRAIN == ("ssprl_demo_train",)
+    assert demo.DATASETS.TEST == ("ssprl_demo_val",)
     assert demo.MODEL.ROI_HEADS.NUM_CLASSES == len(DEMO_CATEGORIES)
     assert demo.MODEL.RESNETS.DEPTH == 18 and demo.MODEL.RESNETS.RES2_OUT_CHANNELS == 64
     assert demo.MODEL.DEVICE == "cpu" and 2 <= demo.SOLVER.IMS_PER_BATCH <= 4
@@ -125,7 +128,8 @@ def test_syncbn_runs_on_one_process_without_process_group():
 
 def test_converted_r50_loads_into_mask_rcnn_15k():
     """Every ResNet tensor of the paper's detector is filled from a converted torchvision R50."""
-    cfg = _merge(os.path.join(DET_DIR, "mask_rcnn_R50_FPN_coco2014_15k.yaml"), ["MODEL.DEVICE", "cpu"])
+    path = os.path.join(DET_DIR, "mask_rcnn_R50_FPN_coco2014_15k.yaml")
+    cfg = _merge(path, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     assert isinstance(model.backbone.bottom_up.stem.conv1.norm, torch.nn.SyncBatchNorm)
     assert isinstance(model.backbone.fpn_lateral2.norm, torch.nn.SyncBatchNorm)

@@ -77,7 +77,9 @@ _PREFERRED_PREFIXES = (
 
 _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _TV_STEM = re.compile(r"^(conv1\.weight|bn1\.(\w+))$")
-_TV_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv\d\.weight|bn(\d)\.(\w+)|downsample\.([01])\.(\w+))$")
+_TV_BLOCK = re.compile(
+    r"^layer([1-4])\.(\d+)\.(conv\d\.weight|bn(\d)\.(\w+)|downsample\.([01])\.(\w+))$"
+)
 _D2_STEM = re.compile(r"^stem\.conv1\.(weight|norm\.(\w+))$")
 _D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.(conv\d|shortcut)\.(weight|norm\.(\w+))$")
 
@@ -300,21 +302,19 @@ def d2_to_torchvision_name(name: str) -> Optional[str]:
     if norm_suffix is not None and norm_suffix not in _BN_SUFFIXES:
         return None
     if module == "shortcut":
-        return f"{base}.downsample.0.weight" if norm_suffix is None else (
-            f"{base}.downsample.1.{norm_suffix}"
-        )
+        if norm_suffix is None:
+            return f"{base}.downsample.0.weight"
+        return f"{base}.downsample.1.{norm_suffix}"
     if norm_suffix is None:
         return f"{base}.{module}.weight"
     return f"{base}.bn{module[4:]}.{norm_suffix}"
 
 
-def _is_valid_d2_name(name: str) -> bool:
-    return d2_to_torchvision_name(name) is not None
+def _identity_if_d2_name(name: str) -> Optional[str]:
+    return name if d2_to_torchvision_name(name) is not None else None
 
 
-def find_backbone_prefix(
-    keys: Sequence[str], prefix: Optional[str] = None
-) -> Tuple[str, str]:
+def find_backbone_prefix(keys: Sequence[str], prefix: Optional[str] = None) -> Tuple[str, str]:
     """Find where the ResNet lives in a state dict and how it is named.
 
     A backbone is recognised by its stem and first block: ``P + "conv1.weight"`` and
@@ -448,9 +448,10 @@ def convert_state_dict(
         ConversionError: not a ResNet, unknown depth, missing / unexpected / mis-shaped tensors.
     """
     naming, prefix = find_backbone_prefix(list(state_dict), prefix)
-    to_d2 = torchvision_to_d2_name if naming == "torchvision" else (
-        lambda n: n if _is_valid_d2_name(n) else None
-    )
+    if naming == "torchvision":
+        to_d2 = torchvision_to_d2_name
+    else:
+        to_d2 = _identity_if_d2_name
     backbone_roots = ("conv1.", "bn1.", "layer") if naming == "torchvision" else ("stem.", "res")
     model: Dict[str, torch.Tensor] = {}
     kept, dropped, unmapped = [], [], []

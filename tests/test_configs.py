@@ -1,0 +1,68 @@
+"""Every YAML under configs/ merges through the real set-up (keys, validation, epochs)."""
+import glob
+import os
+from argparse import Namespace
+
+import pytest
+
+from ssprl_d2.engine.setup import load_config, setup, task_of
+
+from pretrain_utils import REPO
+
+CONFIGS = sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"),
+                                                recursive=True)
+)
+DEMO = ["DATASETS.TRAIN", "('ssprl_demo_train',)", "DATASETS.TEST", "('ssprl_demo_val',)"]
+
+
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_config_merges(path):
+    from detectron2.config import get_cfg
+
+    from ssprl_d2.config import add_ssprl_config
+
+    raw = get_cfg()
+    add_ssprl_config(raw)
+    raw.merge_from_file(os.path.join(REPO, path))  # unknown keys / type errors fail here
+    opts = list(DEMO)
+    if raw.MODEL.META_ARCHITECTURE == "SSPRL":
+        opts = ["DATASETS.TRAIN", "('ssprl_demo_train',)", "DATASETS.TEST", "()"]
+    if raw.MODEL.WEIGHTS and not os.path.exists(raw.MODEL.WEIGHTS) and "://" not in raw.MODEL.WEIGHTS:
+        opts += ["MODEL.WEIGHTS", ""]
+    cfg = load_config(os.path.join(REPO, path), opts)
+    assert cfg.SOLVER.MAX_ITER > 0
+    assert task_of(cfg) in ("pretrain", "classification", "detection")
+
+
+def test_setup_runs_default_setup(tmp_path):
+    args = Namespace(
+        config_file=os.path.join(REPO, "configs/ssprl_demo.yaml"),
+        opts=["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "3"],
+        eval_only=False,
+        resume=False,
+    )
+    cfg = setup(args)
+    assert cfg.is_frozen()
+    assert os.path.exists(tmp_path / "config.yaml")
+
+
+def test_missing_coco_names_the_path_and_variable(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS"):
+        load_config(os.path.join(REPO, "configs/ssprl_pretrain.yaml"))
+
+
+def test_paper_config_epochs_become_iterations():
+    cfg = load_config(
+        os.path.join(REPO, "configs/ssprl_pretrain.yaml"),
+        ["DATASETS.TRAIN", "('ssprl_demo_train',)", "SOLVER.IMS_PER_BATCH", "32",
+         "SOLVER.EPOCHS", "2.0"],
+    )
+    # 480 demo images at batch 32: 15 iterations per epoch; the queue starts at epoch 80.
+    assert cfg.SOLVER.MAX_ITER == 30
+    assert cfg.MODEL.SSPRL.QUEUE.START_ITER == 80 * 15
+    # Linear lr scaling from the reference batch 128.
+    assert cfg.SOLVER.BASE_LR == pytest.approx(0.6 * 32 / 128)
+    assert cfg.SOLVER.BASE_LR_END == pytest.approx(0.0006 * 32 / 128)
