@@ -158,8 +158,8 @@ def _register_val_subset(name: str, size: int) -> str:
     return name
 
 
-@pytest.fixture
-def one_thread():
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
     # Tiny convolutions are dominated by thread synchronisation, badly so when other processes
     # share the 2 cores: one thread is faster here.
     previous = torch.get_num_threads()
@@ -168,7 +168,7 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def test_mask_rcnn_demo_trains_and_evaluates_with_converted_weights(tmp_path, one_thread):
+def test_mask_rcnn_demo_trains_and_evaluates_with_converted_weights(tmp_path):
     torch.manual_seed(0)
     weights = str(tmp_path / "r18.pkl")
     converted = _write_converted(torchvision.models.resnet18(weights=None), weights)

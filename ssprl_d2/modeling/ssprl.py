@@ -251,11 +251,13 @@ class SSPRL(nn.Module):
         feats: List[Optional[torch.Tensor]] = [None] * len(units)
         for idx in order:
             x = torch.cat([units[i] for i in idx]).to(self.device, non_blocking=True)
-            x = x.float().div_(255.0)
-            if params is not None:
-                p = torch.cat([params[i] for i in idx]).to(self.device, non_blocking=True)
-                x = apply_photometric(x, p)
-            x = (x * 255.0 - self.pixel_mean) / self.pixel_std
+            # Augmentation and normalisation stay in float32 under AMP.
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                x = x.float().div_(255.0)
+                if params is not None:
+                    p = torch.cat([params[i] for i in idx]).to(self.device, non_blocking=True)
+                    x = apply_photometric(x, p)
+                x = (x * 255.0 - self.pixel_mean) / self.pixel_std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             f = self.backbone(x)[self.in_feature]
