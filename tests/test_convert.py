@@ -265,6 +265,20 @@ def test_prefix_and_wrapper_variants_map_identically(variant, tmp_path, tv18):
     assert len(result.kept) == len(reference)
 
 
+def test_several_backbones_need_a_prefix(tv18):
+    sd = tv18.state_dict()
+    both = {**{"online.net." + k: v for k, v in sd.items()}}
+    both.update({"target.net." + k: v + 1 for k, v in sd.items() if v.is_floating_point()})
+    both.update({"target.net." + k: v for k, v in sd.items() if not v.is_floating_point()})
+    with pytest.raises(ConversionError, match="--prefix"):
+        convert_state_dict(both)
+    result = convert_state_dict(both, prefix="target.net.")
+    torch.testing.assert_close(result.model["stem.conv1.weight"], sd["conv1.weight"] + 1)
+    assert "online.net.conv1.weight" in result.dropped
+    with pytest.raises(ConversionError, match="no ResNet under prefix 'x.'"):
+        convert_state_dict(both, prefix="x.")
+
+
 def _ssprl_checkpoint(seed=0):
     torch.manual_seed(seed)
     backbone = _d2_resnet(18)

@@ -13,7 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
 import ssprl_d2  # noqa: F401  (registers models, datasets)
-from ssprl_d2.engine import Trainer, setup
+from ssprl_d2.engine import Trainer, setup, task_of
 
 
 def main(args):
@@ -24,6 +24,10 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
+    if cfg.MODEL.CLASSIFIER.FAST_LINEAR.ENABLED and task_of(cfg) == "classification":
+        from ssprl_d2.engine.fast_linear import run_fast_linear
+
+        return run_fast_linear(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

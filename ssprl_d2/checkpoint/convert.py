@@ -206,15 +206,12 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> Any:
 
 
 def _unsupported_global(message: str) -> Optional[str]:
-    m = re.search(r"(?:unsupported|Unsupported) GLOBAL ([\w.]+)", message)
-    if m:
-        return f"global {m.group(1)}"
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    m = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", message, flags=re.IGNORECASE)
     return f"global {m.group(1)}" if m else None
 
 
 def _is_tensor_like(v: Any) -> bool:
-    return isinstance(v, (torch.Tensor, np.ndarray))
+    return isinstance(v, torch.Tensor) or (isinstance(v, np.ndarray) and v.dtype != object)
 
 
 def extract_state_dict(obj: Any) -> Tuple[Dict[str, torch.Tensor], List[str]]:

@@ -1,11 +1,17 @@
 """SwAV/SS-PRL photometric augmentation with per-crop parameters, batched.
 
 Parameters are drawn per crop on the CPU by the mapper (:func:`sample_photometric_params`) and
-applied by :func:`apply_photometric`, either in the loader (on the crops of one image) or on the
-training device (on all crops of a batch). Both paths use the same functions, so they follow the
-same distribution as the reference torchvision/PIL recipe:
+applied by :func:`apply_photometric`, either in the loader (on the crops of one image, batched
+per crop size) or on the training device (on all crops of a batch). Both paths use the same
+functions, so they follow the same distribution as the reference torchvision/PIL recipe:
 colour jitter (brightness, contrast, saturation, hue in a random order) with probability p,
 grayscale with probability p, Gaussian blur with probability p and sigma ~ U(lo, hi).
+
+The operations match ``torchvision.transforms.functional`` on float images (``adjust_brightness``,
+``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``, ``rgb_to_grayscale``) and
+``gaussian_blur`` with kernel size ``2 * ceil(3 sigma) + 1`` (see tests/test_photometric_
+equivalence.py); PIL's ``GaussianBlur(radius=sigma)`` of the release approximates the same
+Gaussian of standard deviation sigma.
 """
 import math
 from typing import Optional, Sequence
@@ -18,6 +24,7 @@ JITTER_ON, BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3, 4
 ORDER = slice(5, 9)
 GRAY_ON, BLUR_ON, SIGMA = 9, 10, 11
 NUM_PARAMS = 12
+# ITU-R 601 luma, as torchvision's rgb_to_grayscale and PIL's "L" conversion.
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -35,7 +42,8 @@ def sample_photometric_params(
 
     Factor ranges follow torchvision's ``ColorJitter``: brightness/contrast/saturation factors
     ~ U[max(0, 1 - v), 1 + v], hue shift ~ U[-h, h]; the order of the four is a random
-    permutation per crop.
+    permutation per crop (column ``ORDER``: op index of each step, 0 = brightness,
+    1 = contrast, 2 = saturation, 3 = hue).
     """
     g = generator
     p = torch.zeros(n, NUM_PARAMS)
@@ -51,120 +59,172 @@ def sample_photometric_params(
     return p
 
 
+# ---------------------------------------------------------------------------- pure colour ops
 def _gray(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)  # (N, 1, H, W)
 
 
-def _blend(x: torch.Tensor, y: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f.view(-1, 1, 1, 1) * x + (1 - f.view(-1, 1, 1, 1)) * y).clamp_(0, 1)
+def _factor(f: torch.Tensor) -> torch.Tensor:
+    return f.to(torch.float32).view(-1, 1, 1, 1)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in [0, 1] -> HSV with all channels in [0, 1]."""
+def adjust_brightness_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: blend each image of (N, 3, H, W) with black by ``factor`` (N,), clamp."""
+    return x.mul_(_factor(factor)).clamp_(0, 1)
+
+
+def _blend_(x: torch.Tensor, y: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    # f x + (1 - f) y == f (x - y) + y, computed in place in x.
+    return x.sub_(y).mul_(_factor(factor)).add_(y).clamp_(0, 1)
+
+
+def adjust_contrast_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: blend with the mean grey level of each image."""
+    luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
+    mean = (x.mean(dim=(2, 3)) @ luma).view(-1, 1, 1, 1)  # mean of the grayscale image
+    return _blend_(x, mean, factor)
+
+
+def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """In place: blend with the grayscale image."""
+    return _blend_(x, _gray(x), factor)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of each image of (N, 3, H, W) in [0, 1] by ``shift`` (N,) turns.
+
+    Equal to RGB -> HSV, h += shift (mod 1), HSV -> RGB (torchvision's ``adjust_hue``) without
+    materialising HSV: with max M, min m and delta = M - m, every output channel is
+    ``M - delta * clamp(min(k, 4 - k), 0, 1)`` where ``k = (n_c + 6 h) mod 6``, n = (5, 3, 1).
+    """
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), maxc * 0)
-    return torch.stack([h, s, maxc], dim=1)
+    maxc = x.amax(dim=1)  # (N, H, W)
+    delta = maxc - x.amin(dim=1)
+    is_r = (r == maxc).to(x.dtype)
+    is_g = (g == maxc).to(x.dtype).mul_(1 - is_r)
+    is_b = 1 - is_r - is_g
+    # 6 h = (g - b) / delta (max r), 2 + (b - r) / delta (max g), 4 + (r - g) / delta (max b).
+    h6 = (g - b).mul_(is_r)
+    h6.add_((b - r).add_(delta, alpha=2).mul_(is_g))
+    h6.add_((r - g).add_(delta, alpha=4).mul_(is_b))
+    h6.div_(delta.clamp_min(1e-12)).add_(6 * shift.to(x.dtype).view(-1, 1, 1))
+    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = h6.unsqueeze(1) + offsets  # (N, 3, H, W)
+    k.sub_(torch.floor(k * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU)
+    f = torch.minimum(k, 4 - k).clamp_(0, 1)
+    return f.mul_(-delta.unsqueeze(1)).add_(maxc.unsqueeze(1))
 
 
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
-    h, s, v = x.unbind(1)
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = torch.stack(
-        [
-            torch.stack([v, t, p], 1),
-            torch.stack([q, v, p], 1),
-            torch.stack([p, v, t], 1),
-            torch.stack([p, q, v], 1),
-            torch.stack([t, p, v], 1),
-            torch.stack([v, p, q], 1),
-        ],
-        dim=1,
-    )  # (N, 6, 3, H, W)
-    idx = i.unsqueeze(1).unsqueeze(1).expand(-1, 1, 3, -1, -1)
-    return choices.gather(1, idx).squeeze(1)
-
-
-def _adjust(x: torch.Tensor, op: int, p: torch.Tensor) -> torch.Tensor:
-    if op == 0:  # brightness: blend with black
-        return (x * p[:, BRIGHTNESS].view(-1, 1, 1, 1)).clamp_(0, 1)
-    if op == 1:  # contrast: blend with the mean gray level of the image
-        mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        return _blend(x, mean, p[:, CONTRAST])
-    if op == 2:  # saturation: blend with the grayscale image
-        return _blend(x, _gray(x), p[:, SATURATION])
-    hsv = rgb_to_hsv(x)
-    hsv[:, 0] = (hsv[:, 0] + p[:, HUE].view(-1, 1, 1)) % 1.0
-    return hsv_to_rgb(hsv)
+# ---------------------------------------------------------------------------- blur
+def blur_radius(sigma: float) -> int:
+    """Kernel radius used for a blur of standard deviation ``sigma``: ceil(3 sigma)."""
+    return int(math.ceil(3 * sigma))
 
 
 def gaussian_kernels(sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """(N, k) normalised 1-D Gaussian kernels, k = 2 * ceil(3 * max_sigma) + 1."""
-    radius = int(math.ceil(3 * max_sigma))
-    t = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
-    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    """(N, 2 R + 1) normalised 1-D Gaussian kernels, R = ceil(3 * max_sigma).
+
+    Each kernel is truncated at its own radius ceil(3 sigma_i) (taps beyond are zero), so an
+    image's blur does not depend on the other sigmas of the batch.
+    """
+    radius = blur_radius(max_sigma)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=sigma.device)
+    sigma = sigma.to(torch.float32).view(-1, 1)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma) ** 2)
+    k = k * (t.abs().view(1, -1) <= torch.ceil(3 * sigma))
     return k / k.sum(dim=1, keepdim=True)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float = 2.0) -> torch.Tensor:
-    """Separable Gaussian blur of each image with its own sigma, reflect padding."""
+    """Separable Gaussian blur of each image with its own sigma, reflect padding, float32.
+
+    Args:
+        x: (N, C, H, W) float images.
+        sigma: (N,) standard deviations.
+        max_sigma: the largest sigma expected; only sets the kernel buffer size.
+    """
     n, c, h, w = x.shape
     k = gaussian_kernels(sigma, max(max_sigma, float(sigma.max())))  # (N, ks)
     r = k.shape[1] // 2
     weight = k.repeat_interleave(c, dim=0)  # (N*C, ks)
-    y = x.reshape(1, n * c, h, w)
-    pad_mode = "reflect" if min(h, w) > r else "replicate"
-    y = F.pad(y, (r, r, 0, 0), mode=pad_mode)
-    y = F.conv2d(y, weight.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.pad(y, (0, 0, r, r), mode=pad_mode)
-    y = F.conv2d(y, weight.view(n * c, 1, -1, 1), groups=n * c)
+    # Under autocast conv2d would run in half precision; keep the blur in float32.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y = x.float().reshape(1, n * c, h, w)
+        pad_mode = "reflect" if min(h, w) > r else "replicate"
+        y = F.pad(y, (r, r, 0, 0), mode=pad_mode)
+        y = F.conv2d(y, weight.view(n * c, 1, 1, -1), groups=n * c)
+        y = F.pad(y, (0, 0, r, r), mode=pad_mode)
+        y = F.conv2d(y, weight.view(n * c, 1, -1, 1), groups=n * c)
     return y.view(n, c, h, w)
 
 
-def apply_photometric(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+# ---------------------------------------------------------------------------- the pipeline
+def _adjust_(x: torch.Tensor, op: int, p: torch.Tensor) -> None:
+    """Colour-jitter op ``op`` (0 brightness, 1 contrast, 2 saturation, 3 hue) on x, in place."""
+    if op == 0:
+        adjust_brightness_(x, p[:, BRIGHTNESS])
+    elif op == 1:
+        adjust_contrast_(x, p[:, CONTRAST])
+    elif op == 2:
+        adjust_saturation_(x, p[:, SATURATION])
+    else:
+        x.copy_(adjust_hue(x, p[:, HUE]))
+
+
+def _grayscale_(x: torch.Tensor, p: torch.Tensor) -> None:
+    x.copy_(_gray(x).expand(-1, 3, -1, -1))
+
+
+def apply_photometric(
+    x: torch.Tensor, params: torch.Tensor, inplace: bool = False, max_sigma: float = 2.0
+) -> torch.Tensor:
     """Apply per-image photometric augmentation.
+
+    Every image goes through: colour jitter (if on) = its four ops in its own order, then
+    grayscale (if on), then blur (if on). The batch is processed in six stages (four jitter
+    steps, grayscale, blur); at each stage the images are reordered by what they need (one
+    gather), so every op runs once, batched, on a contiguous slice.
 
     Args:
         x: (N, 3, H, W) float RGB in [0, 1].
         params: (N, NUM_PARAMS) rows from :func:`sample_photometric_params`.
+        inplace: allow overwriting ``x`` (when it is float32) instead of copying it.
+        max_sigma: the largest blur sigma expected (only sets the kernel buffer size).
 
     Returns:
-        (N, 3, H, W) float RGB in [0, 1].
+        (N, 3, H, W) float32 RGB in [0, 1].
     """
     params = params.to(x.device, torch.float32)
-    x = x.float()
-    on = params[:, JITTER_ON] > 0.5
-    if on.any():
-        idx = on.nonzero().squeeze(1)
-        sub, p = x[idx], params[idx]
-        order = p[:, ORDER].long()  # (n, 4)
-        for step in range(4):
-            for op in range(4):
-                sel = (order[:, step] == op).nonzero().squeeze(1)
-                if sel.numel():
-                    sub[sel] = _adjust(sub[sel], op, p[sel])
-        x = x.clone()
-        x[idx] = sub
-    gray = params[:, GRAY_ON] > 0.5
-    if gray.any():
-        idx = gray.nonzero().squeeze(1)
-        x = x.clone() if not on.any() else x
-        x[idx] = _gray(x[idx]).expand(-1, 3, -1, -1)
-    blur = params[:, BLUR_ON] > 0.5
-    if blur.any():
-        idx = blur.nonzero().squeeze(1)
-        x = x.clone()
-        x[idx] = gaussian_blur(x[idx], params[idx, SIGMA])
+    x = x.to(torch.float32, copy=not inplace)
+    n = x.shape[0]
+    if n == 0:
+        return x
+    jitter = params[:, JITTER_ON] > 0.5
+    # Stage keys: the op to run per image; the last value of each stage means "nothing".
+    order = torch.where(jitter.view(-1, 1), params[:, ORDER].long(), 4)  # (N, 4)
+    stages = [(order[:, step], (0, 1, 2, 3)) for step in range(4)]
+    stages.append(((params[:, GRAY_ON] <= 0.5).long(), ("gray",)))
+    stages.append(((params[:, BLUR_ON] <= 0.5).long(), ("blur",)))
+    identity = torch.arange(n, device=x.device)
+    current = identity  # position -> original image index
+    for key, ops in stages:
+        key = key[current]
+        sort = torch.argsort(key, stable=True)
+        if not torch.equal(sort, identity):
+            x, current, key = x.index_select(0, sort), current[sort], key[sort]
+        p = params[current]
+        start = 0
+        for op, count in zip(ops, torch.bincount(key, minlength=len(ops) + 1).tolist()):
+            if count:
+                sl = slice(start, start + count)
+                if op == "gray":
+                    _grayscale_(x[sl], p[sl])
+                elif op == "blur":
+                    x[sl] = gaussian_blur(x[sl], p[sl, SIGMA], max_sigma)
+                else:
+                    _adjust_(x[sl], op, p[sl])
+                start += count
+    if not torch.equal(current, identity):
+        x = x.index_select(0, torch.argsort(current))
     return x

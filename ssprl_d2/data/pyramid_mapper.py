@@ -1,13 +1,27 @@
 """The SS-PRL pyramid dataset mapper: scale-0 multi-crop views and two pyramid views per scale.
 
-Geometry (crop boxes, flips, patch grid) is drawn per crop and applied on uint8 tensors; the
-photometric parameters are drawn per crop as well and either applied here (``PHOTOMETRIC_ON
-loader``) or shipped to the model, which applies them batched on the training device.
+Every random quantity (crop boxes, flips, patch offsets, patch order, photometric parameters) is
+drawn per crop from the sample's ``torch.Generator``, in a fixed order, before any pixel work;
+the pixels are then produced in as few batched ops as the resampling mode allows:
+
+- ``RESAMPLE interpolate``: each scale-0 crop and each pyramid crop is resized with
+  antialiased bilinear interpolation straight from the decoded uint8 image (PyTorch's uint8
+  channels-last kernel, the PIL algorithm); pyramid patches are slices of the resized pyramid
+  crop.
+- ``RESAMPLE roi_align``: the image is converted to float once and every output of one size
+  (scale-0 crops and pyramid patches alike, a patch being a sub-box of its pyramid crop) is
+  resampled in ONE ``roi_align`` call; ``sampling_ratio=-1`` averages ceil(box / size)^2
+  bilinear samples per output pixel, which anti-aliases when downscaling.
+
+Photometric augmentation is either applied here, batched per output size (``PHOTOMETRIC_ON
+loader``), or its parameters are shipped as a "photometric" tensor and applied batched on the
+training device by the model (``model``). Crops stay uint8 until then.
 """
 import copy
 import logging
 import math
-from typing import List, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -59,27 +73,85 @@ def sample_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def resized_crop(image: torch.Tensor, box: Box, size: int) -> torch.Tensor:
-    """Crop ``box`` of a (3, H, W) uint8 image and resize it to size x size (antialiased
-    bilinear, like PIL's resize when downscaling). Returns uint8."""
+def _as_channels_last(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) -> (1, 3, H, W) in channels-last memory (free for an HWC-backed tensor)."""
+    return image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+
+
+def _resize_box(image_cl: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of ``box`` of a (1, 3, H, W) image to (1, 3, size, size).
+
+    uint8 input takes PyTorch's fixed-point uint8 kernel (the PIL algorithm), float input the
+    float kernel; both match ``PIL.Image.resize(..., BILINEAR)`` up to rounding.
+    """
     top, left, h, w = box
-    crop = image[:, top : top + h, left : left + w].unsqueeze(0).float()
+    # The kernel is fastest on dense channels-last input: copy the crop first (cheap).
+    crop = image_cl[:, :, top : top + h, left : left + w].contiguous(
+        memory_format=torch.channels_last
+    )
     out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                         antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)[0]
+    if out.dtype != torch.uint8:
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.contiguous()
+
+
+def resized_crop(image: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """Crop ``box`` of a (3, H, W) uint8 image and resize it to size x size (antialiased
+    bilinear, like PIL's resize). Returns (3, size, size) uint8."""
+    return _resize_box(_as_channels_last(image), box, size)[0]
+
+
+def box_to_roi(box: Box) -> List[float]:
+    """(top, left, h, w) -> roi_align's (x1, y1, x2, y2) in continuous pixel coordinates."""
+    top, left, h, w = box
+    return [float(left), float(top), float(left + w), float(top + h)]
+
+
+def roi_resample(image_float: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
+    """All ``rois`` ((n, 4) x1, y1, x2, y2) of a (3, H, W) float image resampled to ``size``
+    in one ``roi_align`` call (adaptive sampling: anti-aliased). Returns (n, 3, size, size)
+    float on the 0-255 scale."""
+    rois = torch.cat([rois.new_zeros(rois.shape[0], 1), rois], dim=1)
+    return roi_align(image_float.unsqueeze(0), rois, (size, size), 1.0, -1, aligned=True)
 
 
 def resized_crops_roi_align(image: torch.Tensor, boxes: List[Box], size: int) -> torch.Tensor:
-    """All ``boxes`` of one image resized to ``size`` in one batched ``roi_align`` call.
-
-    ``sampling_ratio=-1`` averages ceil(box / size) samples per output pixel, which
-    anti-aliases when downscaling. Returns (n, 3, size, size) uint8.
-    """
-    rois = torch.tensor(
-        [[0, left, top, left + w, top + h] for top, left, h, w in boxes], dtype=torch.float32
-    )
-    out = roi_align(image.unsqueeze(0).float(), rois, (size, size), 1.0, -1, aligned=True)
+    """All ``boxes`` of one (3, H, W) uint8 image resized to ``size`` in one batched
+    ``roi_align`` call. Returns (n, 3, size, size) uint8."""
+    rois = torch.tensor([box_to_roi(b) for b in boxes], dtype=torch.float32)
+    out = roi_resample(image.float().contiguous(), rois, size)
     return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _flip_(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror (in place) the images of (n, C, H, W) ``x`` selected by the bool mask ``flips``."""
+    for i in flips.nonzero().flatten().tolist():
+        x[i] = x[i].flip(-1)
+    return x
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class _CropGroup(NamedTuple):
+    """Scale-0 crops of one output size."""
+
+    size: int
+    boxes: List[Box]
+    flips: torch.Tensor  # (n,) bool
+
+
+class _PyramidView(NamedTuple):
+    """One view of one pyramid scale, patches already in output (shuffled) order."""
+
+    box: Box  # the resized crop, in image pixels
+    resize: int  # side of the resized crop
+    patch: int
+    tops: List[int]  # patch offsets in the resized crop, output order
+    lefts: List[int]
+    flips: torch.Tensor  # (M,) bool, output order
 
 
 class PyramidDatasetMapper:
@@ -90,6 +162,9 @@ class PyramidDatasetMapper:
     cell), optionally "photometric" ((n_crops + sum_s 2 M_s, P) float parameters in the same
     order: crops, then scale 1 view 0 patches, view 1 patches, scale 2 ...), plus "image_id".
     Returns None when the image cannot be read (the loader then takes another image).
+
+    All randomness comes from the ``generator`` passed per sample, so the output is a function
+    of (image, generator seed).
     """
 
     @configurable
@@ -117,6 +192,23 @@ class PyramidDatasetMapper:
         resample: str = "interpolate",
         image_format: str = "RGB",
     ):
+        """
+        Args:
+            crop_sizes, num_crops, min_scales, max_scales: scale-0 multi-crop groups.
+            grids, pyramid_resize, pyramid_scales, patch_sizes: one entry per pyramid scale.
+            shared_pyramid_crop: both pyramid views are cut from the same resized crop.
+            shuffle_patches: shuffle the patch order (identically for both views).
+            ratio: aspect-ratio range of every RandomResizedCrop.
+            flip_prob, color_jitter, color_jitter_prob, grayscale_prob, blur_prob, blur_sigma:
+                the per-crop augmentation of SPEC section 2.
+            photometric_on: "loader" (applied here) or "model" (parameters shipped).
+            resample: "interpolate" or "roi_align" (see the module docstring).
+            image_format: format the image is read in (RGB).
+        """
+        if resample not in ("interpolate", "roi_align"):
+            raise ValueError(f"resample must be 'interpolate' or 'roi_align', got {resample!r}")
+        if photometric_on not in ("loader", "model"):
+            raise ValueError(f"photometric_on must be 'loader' or 'model', got {photometric_on!r}")
         self.crop_sizes = list(crop_sizes)
         self.num_crops = list(num_crops)
         self.crop_scales = list(zip(min_scales, max_scales))
@@ -170,78 +262,137 @@ class PyramidDatasetMapper:
     def num_outputs(self) -> int:
         return sum(self.num_crops) + sum(2 * g * g for g in self.grids)
 
-    # ------------------------------------------------------------------ geometry
-    def _resize_boxes(self, image: torch.Tensor, boxes: List[Box], size: int) -> torch.Tensor:
-        if self.resample == "roi_align":
-            return resized_crops_roi_align(image, boxes, size)
-        return torch.stack([resized_crop(image, b, size) for b in boxes])
+    # ------------------------------------------------------------------ random draws
+    def _draw_flips(self, n: int, g: Optional[torch.Generator]) -> torch.Tensor:
+        return torch.rand(n, generator=g) < self.flip_prob
 
-    def _flip(self, crops: torch.Tensor, g: Optional[torch.Generator]) -> torch.Tensor:
-        flips = torch.rand(crops.shape[0], generator=g) < self.flip_prob
-        if flips.any():
-            crops = crops.clone()
-            crops[flips] = crops[flips].flip(-1)
-        return crops
-
-    def _pyramid_views(self, image: torch.Tensor, s: int, g) -> torch.Tensor:
-        """(2, M, 3, p, p) uint8 patches of pyramid scale index ``s`` (0-based)."""
-        _, h, w = image.shape
+    def _draw_pyramid(self, h: int, w: int, s: int, g) -> List[_PyramidView]:
+        """The two views of pyramid scale index ``s`` (0-based)."""
         grid, size, patch = self.grids[s], self.pyramid_resize[s], self.patch_sizes[s]
         cell = size // grid
+        m = grid * grid
         box = sample_resized_crop_box(h, w, self.pyramid_scales[s], self.ratio, g)
+        perm = torch.randperm(m, generator=g) if self.shuffle_patches else torch.arange(m)
+        rows, cols = torch.arange(m) // grid, torch.arange(m) % grid
         views = []
-        perm = torch.randperm(grid * grid, generator=g) if self.shuffle_patches else None
         for v in range(2):
             if v == 1 and not self.shared_pyramid_crop:
                 box = sample_resized_crop_box(h, w, self.pyramid_scales[s], self.ratio, g)
-            if v == 0 or not self.shared_pyramid_crop:
-                resized = self._resize_boxes(image, [box], size)[0]  # (3, size, size)
-            patches = []
-            for r in range(grid):
-                for c in range(grid):
-                    top = r * cell + _randint(0, cell - patch, g)
-                    left = c * cell + _randint(0, cell - patch, g)
-                    patches.append(resized[:, top : top + patch, left : left + patch])
-            patches = self._flip(torch.stack(patches), g)  # (M, 3, p, p)
-            if perm is not None:
-                patches = patches[perm]
-            views.append(patches)
-        return torch.stack(views)
+            # (top, left) offset inside every cell, cells in row-major order.
+            offsets = torch.randint(0, cell - patch + 1, (m, 2), generator=g)
+            flips = self._draw_flips(m, g)
+            tops = (rows * cell + offsets[:, 0])[perm].tolist()
+            lefts = (cols * cell + offsets[:, 1])[perm].tolist()
+            views.append(_PyramidView(box, size, patch, tops, lefts, flips[perm]))
+        return views
+
+    def _draw(self, h: int, w: int, g):
+        crop_groups = []
+        for size, n, scale in zip(self.crop_sizes, self.num_crops, self.crop_scales):
+            boxes = [sample_resized_crop_box(h, w, scale, self.ratio, g) for _ in range(n)]
+            crop_groups.append(_CropGroup(size, boxes, self._draw_flips(n, g)))
+        views = [self._draw_pyramid(h, w, s, g) for s in range(len(self.grids))]
+        params = sample_photometric_params(self.num_outputs, generator=g, **self.photo_kwargs)
+        return crop_groups, views, params
+
+    # ------------------------------------------------------------------ pixels
+    def _render_interpolate(self, image: torch.Tensor, crop_groups, views) -> List[torch.Tensor]:
+        """uint8 blocks in canonical order: crop groups, then (scale, view) patch sets."""
+        image_cl = _as_channels_last(image)
+        blocks = [
+            torch.cat([_resize_box(image_cl, b, grp.size) for b in grp.boxes])
+            for grp in crop_groups
+        ]
+        for scale_views in views:
+            resized = None
+            for v, view in enumerate(scale_views):
+                if v == 0 or not self.shared_pyramid_crop:
+                    resized = _resize_box(image_cl, view.box, view.resize)[0]  # (3, S, S)
+                p = view.patch
+                blocks.append(
+                    torch.stack(
+                        [resized[:, t : t + p, l : l + p] for t, l in zip(view.tops, view.lefts)]
+                    )
+                )
+        return blocks
+
+    def _render_roi_align(self, image: torch.Tensor, crop_groups, views) -> List[torch.Tensor]:
+        """float (0-255) blocks in canonical order; one ``roi_align`` per output size."""
+        rois: List[List[float]] = []
+        sizes: List[int] = []
+        counts: List[int] = []
+        for grp in crop_groups:
+            rois += [box_to_roi(b) for b in grp.boxes]
+            sizes.append(grp.size)
+            counts.append(len(grp.boxes))
+        for scale_views in views:
+            for view in scale_views:
+                top, left, h, w = view.box
+                sy, sx, p = h / view.resize, w / view.resize, view.patch
+                # A patch of the resized crop is a sub-box of the crop in image coordinates.
+                rois += [
+                    [left + l * sx, top + t * sy, left + (l + p) * sx, top + (t + p) * sy]
+                    for t, l in zip(view.tops, view.lefts)
+                ]
+                sizes.append(p)
+                counts.append(len(view.tops))
+        all_rois = torch.tensor(rois, dtype=torch.float32)
+        image_f = image.to(torch.float32, memory_format=torch.contiguous_format)
+        starts = np.cumsum([0] + counts)
+        blocks: List[Optional[torch.Tensor]] = [None] * len(counts)
+        for size in dict.fromkeys(sizes):  # one roi_align per size, in first-seen order
+            ids = [i for i, s in enumerate(sizes) if s == size]
+            rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in ids])
+            out = roi_resample(image_f, all_rois[rows], size)
+            for i, part in zip(ids, out.split([counts[i] for i in ids])):
+                blocks[i] = part
+        return blocks
+
+    def _photometric_by_size(self, blocks: List[torch.Tensor], params: torch.Tensor):
+        """Loader-side photometric: one batched call per output size; returns uint8 blocks."""
+        counts = [b.shape[0] for b in blocks]
+        starts = np.cumsum([0] + counts)
+        sizes = [b.shape[-1] for b in blocks]
+        out: List[Optional[torch.Tensor]] = [None] * len(blocks)
+        for size in dict.fromkeys(sizes):
+            ids = [i for i, s in enumerate(sizes) if s == size]
+            x = torch.cat([blocks[i] for i in ids]).to(torch.float32).div_(255.0)
+            rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in ids])
+            x = apply_photometric(x, params[rows], inplace=True, max_sigma=self.blur_max)
+            x = _to_uint8(x.mul_(255.0))
+            for i, part in zip(ids, x.split([counts[i] for i in ids])):
+                out[i] = part
+        return out
 
     # ------------------------------------------------------------------ main
     def map_image(self, image: torch.Tensor, generator: Optional[torch.Generator] = None) -> dict:
-        """Views of a (3, H, W) uint8 RGB image. See the class docstring."""
-        g = generator
-        crops: List[torch.Tensor] = []
+        """Views of a (3, H, W) uint8 RGB image (any memory layout; an HWC-backed tensor
+        avoids a copy). See the class docstring."""
         _, h, w = image.shape
-        for size, n, scale in zip(self.crop_sizes, self.num_crops, self.crop_scales):
-            boxes = [sample_resized_crop_box(h, w, scale, self.ratio, g) for _ in range(n)]
-            crops.extend(self._flip(self._resize_boxes(image, boxes, size), g).unbind(0))
-        patches = [self._pyramid_views(image, s, g) for s in range(len(self.grids))]
-        params = sample_photometric_params(self.num_outputs, generator=g, **self.photo_kwargs)
-        out = {"crops": crops, "patches": patches}
+        crop_groups, views, params = self._draw(h, w, generator)
+        if self.resample == "roi_align":
+            blocks = self._render_roi_align(image, crop_groups, views)
+        else:
+            blocks = self._render_interpolate(image, crop_groups, views)
+        if self.photometric_on == "loader":
+            blocks = self._photometric_by_size(blocks, params)
+        else:
+            blocks = [b if b.dtype == torch.uint8 else _to_uint8(b) for b in blocks]
+        # Flips commute with every photometric op (all are mirror-symmetric), so they are
+        # applied last, on uint8.
+        flips = [grp.flips for grp in crop_groups]
+        flips += [view.flips for scale_views in views for view in scale_views]
+        blocks = [_flip_(b, f) for b, f in zip(blocks, flips)]
+        n_groups = len(crop_groups)
+        crops = [c for b in blocks[:n_groups] for c in b.unbind(0)]
+        patches = [
+            torch.stack(blocks[n_groups + 2 * s : n_groups + 2 * s + 2])
+            for s in range(len(views))
+        ]
+        out: Dict[str, object] = {"crops": crops, "patches": patches}
         if self.photometric_on == "model":
             out["photometric"] = params
-        else:
-            out.update(self._apply_photometric(crops, patches, params))
         return out
-
-    def _apply_photometric(self, crops, patches, params) -> dict:
-        def run(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            y = apply_photometric(x.float().div_(255.0), p)
-            return y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-        new_crops, i = [], 0
-        for c in crops:
-            new_crops.append(run(c[None], params[i : i + 1])[0])
-            i += 1
-        new_patches = []
-        for pv in patches:
-            m = pv.shape[1]
-            flat = pv.flatten(0, 1)
-            new_patches.append(run(flat, params[i : i + 2 * m]).view_as(pv))
-            i += 2 * m
-        return {"crops": new_crops, "patches": new_patches}
 
     def __call__(self, dataset_dict: dict, generator: Optional[torch.Generator] = None):
         from .image_io import read_image_or_none
@@ -250,7 +401,11 @@ class PyramidDatasetMapper:
         image = read_image_or_none(dataset_dict["file_name"], format=self.image_format)
         if image is None:
             return None
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        # HWC memory seen as (3, H, W): the uint8 resize kernel wants channels-last anyway.
+        # The decoded array may be read-only; it is never written to.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         out = self.map_image(tensor, generator)
         out["image_id"] = dataset_dict.get("image_id", dataset_dict["file_name"])
         return out

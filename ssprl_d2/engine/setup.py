@@ -4,6 +4,8 @@ import math
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ssprl_d2.config import add_ssprl_config
 
@@ -49,6 +51,8 @@ def setup(args) -> CfgNode:
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # Detectron2 sets up its own and the "fvcore" loggers; ours too, for every rank's file.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ssprl_d2")
     return cfg
 
 
@@ -59,6 +63,10 @@ def validate_config(cfg: CfgNode) -> None:
         from ssprl_d2.modeling.ssprl import validate_ssprl_config
 
         validate_ssprl_config(cfg)
+    elif task == TASK_CLASSIFY:
+        from ssprl_d2.modeling.classifier import validate_classifier_config
+
+        validate_classifier_config(cfg)
     if cfg.SOLVER.OPTIMIZER not in ("SGD", "LARS"):
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'LARS', got {cfg.SOLVER.OPTIMIZER!r}")
     if cfg.SOLVER.AMP.PRECISION not in ("float16", "bfloat16"):
@@ -84,6 +92,10 @@ def train_set_size(cfg: CfgNode) -> int:
     """Number of training images of ``cfg.DATASETS.TRAIN`` (after label-subset filtering)."""
     from detectron2.data import DatasetCatalog
 
+    if task_of(cfg) == TASK_CLASSIFY:
+        from ssprl_d2.data.multilabel import get_multilabel_train_dicts
+
+        return len(get_multilabel_train_dicts(cfg))  # after the label subset
     return sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
 
 

@@ -167,7 +167,7 @@ class MultiLabelEvaluator(DatasetEvaluator):
 
         results = OrderedDict(mAP=100.0 * mean_ap)
         for name, ap in zip(names, per_class):
-            results[f"AP-{name}"] = 100.0 * ap
+            results[f"AP-{name}"] = float(100.0 * ap)
         logger.info(
             f"Multi-label evaluation of {self._dataset_name} ({len(scores)} images, "
             f"{num_classes} classes): mAP = {results['mAP']:.2f}\n"
@@ -197,7 +197,5 @@ def _per_class_table(names: Sequence[str], per_class: np.ndarray, columns: int =
         cells += [name, "n/a" if np.isnan(ap) else f"{100.0 * ap:.2f}"]
     cols = 2 * min(columns, len(names))
     rows = itertools.zip_longest(*[cells[i::cols] for i in range(cols)])
-    return tabulate(
-        rows, headers=["class", "AP"] * (cols // 2), tablefmt="pipe", numalign="left",
-        stralign="center",
-    )
+    headers = ["class", "AP"] * (cols // 2)
+    return tabulate(rows, headers=headers, tablefmt="pipe", stralign="center", disable_numparse=True)
