@@ -95,25 +95,30 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue of each image of (N, 3, H, W) in [0, 1] by ``shift`` (N,) turns.
 
     Equal to RGB -> HSV, h += shift (mod 1), HSV -> RGB (torchvision's ``adjust_hue``) without
-    materialising HSV: with max M, min m and delta = M - m, every output channel is
-    ``M - delta * clamp(min(k, 4 - k), 0, 1)`` where ``k = (n_c + 6 h) mod 6``, n = (5, 3, 1).
+    materialising HSV: with max M, min m, delta d = M - m and u = 6 h mod 6, output channel c is
+    ``M - d * clamp(2 - dist(u, centre_c), 0, 1)`` with circular distance dist on [0, 6) and
+    centres 3 (red), 5 (green), 1 (blue).
     """
     r, g, b = x.unbind(1)
     maxc = x.amax(dim=1)  # (N, H, W)
     delta = maxc - x.amin(dim=1)
-    is_r = (r == maxc).to(x.dtype)
-    is_g = (g == maxc).to(x.dtype).mul_(1 - is_r)
-    is_b = 1 - is_r - is_g
-    # 6 h = (g - b) / delta (max r), 2 + (b - r) / delta (max g), 4 + (r - g) / delta (max b).
-    h6 = (g - b).mul_(is_r)
-    h6.add_((b - r).add_(delta, alpha=2).mul_(is_g))
-    h6.add_((r - g).add_(delta, alpha=4).mul_(is_b))
+    # Indicators "channel is the max" as floats (bool kernels are slow on CPU): 1 when equal,
+    # 0 when below by more than 1e-6; in between, the two sextant formulas agree to ~1e-6.
+    is_r = (r - maxc).mul_(1e6).add_(1).clamp_(0, 1)
+    is_g = (g - maxc).mul_(1e6).add_(1).clamp_(0, 1).mul_(1 - is_r)
+    # 6 h = (g - b) / d (max r), 2 + (b - r) / d (max g), 4 + (r - g) / d (max b).
+    h_b = (r - g).add_(delta, alpha=4)
+    h6 = h_b + is_r * ((g - b) - h_b) + is_g * ((b - r).add_(delta, alpha=2) - h_b)
     h6.div_(delta.clamp_min(1e-12)).add_(6 * shift.to(x.dtype).view(-1, 1, 1))
-    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    k = h6.unsqueeze(1) + offsets  # (N, 3, H, W)
-    k.sub_(torch.floor(k * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU)
-    f = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return f.mul_(-delta.unsqueeze(1)).add_(maxc.unsqueeze(1))
+    h6.sub_(torch.floor(h6 * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU)
+    out = torch.empty_like(x)
+    for c, centre in enumerate((3.0, 5.0, 1.0)):
+        dist = (h6 - centre).abs_()
+        if centre != 3.0:  # |u - 3| <= 3 is already the circular distance
+            dist = torch.minimum(dist, 6 - dist)
+        f = dist.neg_().add_(2).clamp_(0, 1)
+        torch.addcmul(maxc, delta, f, value=-1, out=out[:, c])
+    return out
 
 
 # ---------------------------------------------------------------------------- blur
