@@ -91,13 +91,15 @@ def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend_(x, _gray(x), factor)
 
 
-def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def adjust_hue(
+    x: torch.Tensor, shift: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Rotate the HSV hue of each image of (N, 3, H, W) in [0, 1] by ``shift`` (N,) turns.
 
     Equal to RGB -> HSV, h += shift (mod 1), HSV -> RGB (torchvision's ``adjust_hue``) without
     materialising HSV: with max M, min m, delta d = M - m and u = 6 h mod 6, output channel c is
     ``M - d * clamp(2 - dist(u, centre_c), 0, 1)`` with circular distance dist on [0, 6) and
-    centres 3 (red), 5 (green), 1 (blue).
+    centres 3 (red), 5 (green), 1 (blue). ``out`` may be ``x`` itself (in place).
     """
     r, g, b = x.unbind(1)
     maxc = x.amax(dim=1)  # (N, H, W)
@@ -111,7 +113,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     h6 = h_b + is_r * ((g - b) - h_b) + is_g * ((b - r).add_(delta, alpha=2) - h_b)
     h6.div_(delta.clamp_min(1e-12)).add_(6 * shift.to(x.dtype).view(-1, 1, 1))
     h6.sub_(torch.floor(h6 * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if out is None else out
     for c, centre in enumerate((3.0, 5.0, 1.0)):
         dist = (h6 - centre).abs_()
         if centre != 3.0:  # |u - 3| <= 3 is already the circular distance
@@ -165,20 +167,27 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float = 2.0) 
 
 
 # ---------------------------------------------------------------------------- the pipeline
-def _adjust_(x: torch.Tensor, op: int, p: torch.Tensor) -> None:
-    """Colour-jitter op ``op`` (0 brightness, 1 contrast, 2 saturation, 3 hue) on x, in place."""
-    if op == 0:
-        adjust_brightness_(x, p[:, BRIGHTNESS])
-    elif op == 1:
-        adjust_contrast_(x, p[:, CONTRAST])
-    elif op == 2:
-        adjust_saturation_(x, p[:, SATURATION])
+def _blend_step_(x: torch.Tensor, f: torch.Tensor, w_gray: torch.Tensor, w_mean: torch.Tensor,
+                 any_gray: bool, any_mean: bool) -> None:
+    """One jitter step of brightness / contrast / saturation for every image at once, in place.
+
+    All three are ``clamp(f x + (1 - f) y)`` with y = 0 (brightness), the mean grey level
+    (contrast) or the grayscale image (saturation): y = w_gray * gray + w_mean * mean, with
+    per-image 0/1 weights; images running another op (or none) this step have f = 1.
+    """
+    view = (-1, 1, 1, 1)
+    y = None
+    if any_gray:
+        y = _gray(x).mul_(w_gray.view(view))
+    if any_mean:
+        luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
+        mean = (x.mean(dim=(2, 3)) @ luma).mul_(w_mean).view(view)
+        y = mean if y is None else y.add_(mean)
+    if y is None:
+        x.mul_(f.view(view))
     else:
-        x.copy_(adjust_hue(x, p[:, HUE]))
-
-
-def _grayscale_(x: torch.Tensor, p: torch.Tensor) -> None:
-    x.copy_(_gray(x).expand(-1, 3, -1, -1))
+        x.sub_(y).mul_(f.view(view)).add_(y)
+    x.clamp_(0, 1)
 
 
 def apply_photometric(
@@ -186,10 +195,11 @@ def apply_photometric(
 ) -> torch.Tensor:
     """Apply per-image photometric augmentation.
 
-    Every image goes through: colour jitter (if on) = its four ops in its own order, then
-    grayscale (if on), then blur (if on). The batch is processed in six stages (four jitter
-    steps, grayscale, blur); at each stage the images are reordered by what they need (one
-    gather), so every op runs once, batched, on a contiguous slice.
+    Every image goes through: colour jitter (if on) = brightness, contrast, saturation and hue
+    in its own order, then grayscale (if on), then blur (if on). Batched with few ops: the
+    images are sorted by the step at which they run hue, so each jitter step is one fused
+    brightness/contrast/saturation blend over all images plus one hue call on a contiguous
+    slice; they are then re-sorted so the grayscale and blur images are contiguous.
 
     Args:
         x: (N, 3, H, W) float RGB in [0, 1].
@@ -200,36 +210,69 @@ def apply_photometric(
     Returns:
         (N, 3, H, W) float32 RGB in [0, 1].
     """
-    params = params.to(x.device, torch.float32)
-    x = x.to(torch.float32, copy=not inplace)
     n = x.shape[0]
+    x = x.to(torch.float32, copy=not inplace)
     if n == 0:
         return x
+    params = params.to(x.device, torch.float32)
     jitter = params[:, JITTER_ON] > 0.5
-    # Stage keys: the op to run per image; the last value of each stage means "nothing".
-    order = torch.where(jitter.view(-1, 1), params[:, ORDER].long(), 4)  # (N, 4)
-    stages = [(order[:, step], (0, 1, 2, 3)) for step in range(4)]
-    stages.append(((params[:, GRAY_ON] <= 0.5).long(), ("gray",)))
-    stages.append(((params[:, BLUR_ON] <= 0.5).long(), ("blur",)))
+    order = params[:, ORDER].long()  # (N, 4) op of every step
+    hue_step = torch.where(jitter, (order == 3).long().argmax(dim=1), 4)
+    perm = torch.argsort(hue_step, stable=True)
+    params, jitter, order = params[perm], jitter[perm], order[perm]
+    # Per-step blend factors (1 = untouched) and which kinds of blend appear.
+    factors = torch.ones(4, n, device=x.device)
+    w_gray = torch.zeros(4, n, device=x.device)
+    w_mean = torch.zeros(4, n, device=x.device)
+    for op, col in ((0, BRIGHTNESS), (1, CONTRAST), (2, SATURATION)):
+        sel = (order.t() == op) & jitter  # (4, N)
+        factors = torch.where(sel, params[:, col], factors)
+        if op == 1:
+            w_mean = sel.float()
+        if op == 2:
+            w_gray = sel.float()
+    gray_on = params[:, GRAY_ON] > 0.5
+    blur_on = params[:, BLUR_ON] > 0.5
+    # Final stage order: [blur + gray][blur][gray][neither].
+    key2 = 2 * (~blur_on).long() + (~gray_on).long()
+    perm2 = torch.argsort(key2, stable=True)
+    # One host sync for every count and flag.
+    stats = torch.cat(
+        [
+            torch.bincount(hue_step[perm], minlength=5)[:4],
+            torch.bincount(key2, minlength=4),
+            (factors != 1).any(dim=1).long(),
+            (w_gray > 0).any(dim=1).long(),
+            (w_mean > 0).any(dim=1).long(),
+        ]
+    ).tolist()
+    hue_counts, key2_counts = stats[:4], stats[4:8]
+    any_blend, any_gray, any_mean = stats[8:12], stats[12:16], stats[16:20]
+
     identity = torch.arange(n, device=x.device)
-    current = identity  # position -> original image index
-    for key, ops in stages:
-        key = key[current]
-        sort = torch.argsort(key, stable=True)
-        if not torch.equal(sort, identity):
-            x, current, key = x.index_select(0, sort), current[sort], key[sort]
-        p = params[current]
-        start = 0
-        for op, count in zip(ops, torch.bincount(key, minlength=len(ops) + 1).tolist()):
-            if count:
-                sl = slice(start, start + count)
-                if op == "gray":
-                    _grayscale_(x[sl], p[sl])
-                elif op == "blur":
-                    x[sl] = gaussian_blur(x[sl], p[sl, SIGMA], max_sigma)
-                else:
-                    _adjust_(x[sl], op, p[sl])
-                start += count
-    if not torch.equal(current, identity):
-        x = x.index_select(0, torch.argsort(current))
+    if not torch.equal(perm, identity):
+        x = x.index_select(0, perm)
+    start = 0
+    for step in range(4):
+        if any_blend[step]:
+            _blend_step_(x, factors[step], w_gray[step], w_mean[step], any_gray[step],
+                         any_mean[step])
+        count = hue_counts[step]
+        if count:
+            seg = x[start : start + count]
+            adjust_hue(seg, params[start : start + count, HUE], out=seg)
+            start += count
+
+    if not torch.equal(perm2, identity):
+        x, params, perm = x.index_select(0, perm2), params[perm2], perm[perm2]
+    c_bg, c_b, c_g = key2_counts[0], key2_counts[1], key2_counts[2]
+    for lo, hi in ((0, c_bg), (c_bg + c_b, c_bg + c_b + c_g)):
+        if hi > lo:
+            seg = x[lo:hi]
+            seg.copy_(_gray(seg).expand(-1, 3, -1, -1))
+    if c_bg + c_b:
+        seg = x[: c_bg + c_b]
+        seg.copy_(gaussian_blur(seg, params[: c_bg + c_b, SIGMA], max_sigma))
+    if not torch.equal(perm, identity):
+        x = x.index_select(0, torch.argsort(perm))
     return x

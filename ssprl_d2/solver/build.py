@@ -59,23 +59,18 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     groups = pretrain_param_groups(
         model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.LARS.EXCLUDE_BN_BIAS
     )
-    if cfg.SOLVER.OPTIMIZER == "LARS":
-        optimizer_cls = maybe_add_gradient_clipping(cfg, LARS)
-        return optimizer_cls(
-            groups,
-            lr=cfg.SOLVER.BASE_LR,
-            momentum=cfg.SOLVER.MOMENTUM,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-            nesterov=cfg.SOLVER.NESTEROV,
-            trust_coefficient=cfg.SOLVER.LARS.TRUST_COEFFICIENT,
-            clip=cfg.SOLVER.LARS.CLIP,
-            eps=cfg.SOLVER.LARS.EPS,
-        )
-    optimizer_cls = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-    return optimizer_cls(
-        groups,
+    sgd_kwargs = dict(
         lr=cfg.SOLVER.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         nesterov=cfg.SOLVER.NESTEROV,
     )
+    if cfg.SOLVER.OPTIMIZER == "LARS":
+        return maybe_add_gradient_clipping(cfg, LARS)(
+            groups,
+            trust_coefficient=cfg.SOLVER.LARS.TRUST_COEFFICIENT,
+            clip=cfg.SOLVER.LARS.CLIP,
+            eps=cfg.SOLVER.LARS.EPS,
+            **sgd_kwargs,
+        )
+    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(groups, **sgd_kwargs)
