@@ -12,10 +12,17 @@ The operations match ``torchvision.transforms.functional`` on float images (``ad
 ``gaussian_blur`` with kernel size ``2 * ceil(3 sigma) + 1`` (see tests/test_photometric_
 equivalence.py); PIL's ``GaussianBlur(radius=sigma)`` of the release approximates the same
 Gaussian of standard deviation sigma.
-"""
-import math
-from typing import Optional, Sequence
 
+Speed (this runs per crop for every image): the per-crop parameters are turned into a plan on
+the host (numpy); the batch is then reordered once per stage so that each op runs once, on a
+contiguous slice of the images that need it, with in-place ops and few memory passes. The
+pixel work is memory-bound, so every pass counts.
+"""
+import functools
+import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,45 +67,65 @@ def sample_photometric_params(
 
 
 # ---------------------------------------------------------------------------- pure colour ops
+def _view(v: torch.Tensor) -> torch.Tensor:
+    return (v if v.dtype == torch.float32 else v.float()).view(-1, 1, 1, 1)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) luma."""
     r, g, b = x.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)  # (N, 1, H, W)
+    y = r * _LUMA[0]
+    y.add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2])
+    return y.unsqueeze(1)
 
 
-def _factor(f: torch.Tensor) -> torch.Tensor:
-    return f.to(torch.float32).view(-1, 1, 1, 1)
+def adjust_brightness_(x: torch.Tensor, factor: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """In place: blend each image of (N, 3, H, W) (values in [0, bound]) with black by
+    ``factor`` (N,), then clamp."""
+    return x.mul_(_view(factor)).clamp_(0, bound)
 
 
-def adjust_brightness_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """In place: blend each image of (N, 3, H, W) with black by ``factor`` (N,), clamp."""
-    return x.mul_(_factor(factor)).clamp_(0, 1)
+@functools.lru_cache(maxsize=32)
+def _cached_constant(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device):
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
-def _blend_(x: torch.Tensor, y: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    # f x + (1 - f) y == f (x - y) + y, computed in place in x.
-    return x.sub_(y).mul_(_factor(factor)).add_(y).clamp_(0, 1)
+def _constant(values: Tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    return _cached_constant(values, like.dtype, like.device)
 
 
-def adjust_contrast_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """In place: blend with the mean grey level of each image."""
-    luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
-    mean = (x.mean(dim=(2, 3)) @ luma).view(-1, 1, 1, 1)  # mean of the grayscale image
-    return _blend_(x, mean, factor)
+def gray_mean(x: torch.Tensor) -> torch.Tensor:
+    """(N,) mean grey level of each image of (N, 3, H, W)."""
+    return x.mean(dim=(2, 3)) @ _constant(_LUMA, x)
 
 
-def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """In place: blend with the grayscale image."""
-    return _blend_(x, _gray(x), factor)
+def adjust_contrast_(
+    x: torch.Tensor, factor: torch.Tensor, bound: float = 1.0, mean: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """In place: blend each image with its mean grey level (``mean``, computed when omitted),
+    then clamp."""
+    if mean is None:
+        mean = gray_mean(x)
+    f = factor
+    return x.mul_(_view(f)).add_(_view((1 - f) * mean)).clamp_(0, bound)
+
+
+def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """In place: blend each image with its grayscale image, then clamp."""
+    f = factor
+    gray = _gray(x).mul_(_view(1 - f))
+    return x.mul_(_view(f)).add_(gray).clamp_(0, bound)
 
 
 def adjust_hue(
     x: torch.Tensor, shift: torch.Tensor, out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Rotate the HSV hue of each image of (N, 3, H, W) in [0, 1] by ``shift`` (N,) turns.
+    """Rotate the HSV hue of each image of (N, 3, H, W) (values >= 0, any scale) by ``shift``
+    (N,) turns.
 
     Equal to RGB -> HSV, h += shift (mod 1), HSV -> RGB (torchvision's ``adjust_hue``) without
     materialising HSV: with max M, min m, delta d = M - m and u = 6 h mod 6, output channel c is
-    ``M - d * clamp(2 - dist(u, centre_c), 0, 1)`` with circular distance dist on [0, 6) and
+    ``M - d * clamp(2 - dist(u, centre_c), 0, 1)`` with the circular distance on [0, 6) and
     centres 3 (red), 5 (green), 1 (blue). ``out`` may be ``x`` itself (in place).
     """
     r, g, b = x.unbind(1)
@@ -108,19 +135,19 @@ def adjust_hue(
     # 0 when below by more than 1e-6; in between, the two sextant formulas agree to ~1e-6.
     is_r = (r - maxc).mul_(1e6).add_(1).clamp_(0, 1)
     is_g = (g - maxc).mul_(1e6).add_(1).clamp_(0, 1).mul_(1 - is_r)
-    # 6 h = (g - b) / d (max r), 2 + (b - r) / d (max g), 4 + (r - g) / d (max b).
-    h_b = (r - g).add_(delta, alpha=4)
-    h6 = h_b + is_r * ((g - b) - h_b) + is_g * ((b - r).add_(delta, alpha=2) - h_b)
-    h6.div_(delta.clamp_min(1e-12)).add_(6 * shift.to(x.dtype).view(-1, 1, 1))
-    h6.sub_(torch.floor(h6 * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU)
-    out = torch.empty_like(x) if out is None else out
-    for c, centre in enumerate((3.0, 5.0, 1.0)):
-        dist = (h6 - centre).abs_()
-        if centre != 3.0:  # |u - 3| <= 3 is already the circular distance
-            dist = torch.minimum(dist, 6 - dist)
-        f = dist.neg_().add_(2).clamp_(0, 1)
-        torch.addcmul(maxc, delta, f, value=-1, out=out[:, c])
-    return out
+    h6 = (r - g).add_(delta, alpha=4)  # max b: 6 h = 4 + (r - g) / d
+    h6.addcmul_(is_r, (g - b).sub_(h6))  # max r: (g - b) / d
+    h6.addcmul_(is_g, (b - r).add_(delta, alpha=2).sub_(h6))  # max g: 2 + (b - r) / d
+    h6.div_(delta.clamp_min(1e-12)).add_(6 * shift.view(-1, 1, 1))
+    h6.add_(torch.floor(h6 * (1 / 6)), alpha=-6)  # mod 6 (torch.remainder is slow on CPU)
+    base = maxc.sub_(delta, alpha=2)  # M - 2 d: out = base + d * clamp(dist, 1, 2)
+    centres = _constant((3.0, 5.0, 1.0), x).view(1, 3, 1, 1)
+    dist = (h6.unsqueeze(1) - centres).abs_()  # (N, 3, H, W)
+    # Circular distance on [0, 6) (for red, |u - 3| <= 3 already is).
+    dist = torch.minimum(dist, 6 - dist).clamp_(1, 2)
+    if out is None:
+        return torch.addcmul(base.unsqueeze(1), delta.unsqueeze(1), dist)
+    return torch.addcmul(base.unsqueeze(1), delta.unsqueeze(1), dist, out=out)
 
 
 # ---------------------------------------------------------------------------- blur
@@ -129,13 +156,12 @@ def blur_radius(sigma: float) -> int:
     return int(math.ceil(3 * sigma))
 
 
-def gaussian_kernels(sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """(N, 2 R + 1) normalised 1-D Gaussian kernels, R = ceil(3 * max_sigma).
+def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """(N, 2 radius + 1) normalised 1-D Gaussian kernels.
 
     Each kernel is truncated at its own radius ceil(3 sigma_i) (taps beyond are zero), so an
     image's blur does not depend on the other sigmas of the batch.
     """
-    radius = blur_radius(max_sigma)
     t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=sigma.device)
     sigma = sigma.to(torch.float32).view(-1, 1)
     k = torch.exp(-0.5 * (t.view(1, -1) / sigma) ** 2)
@@ -143,136 +169,176 @@ def gaussian_kernels(sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
     return k / k.sum(dim=1, keepdim=True)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float = 2.0) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, sigma: torch.Tensor, radius: Optional[int] = None
+) -> torch.Tensor:
     """Separable Gaussian blur of each image with its own sigma, reflect padding, float32.
+
+    Equal to ``torchvision.transforms.functional.gaussian_blur`` with kernel size
+    ``2 * ceil(3 sigma) + 1`` per image (images smaller than the kernel use replicate padding).
 
     Args:
         x: (N, C, H, W) float images.
         sigma: (N,) standard deviations.
-        max_sigma: the largest sigma expected; only sets the kernel buffer size.
+        radius: kernel buffer radius, at least ceil(3 * max sigma) (computed when omitted).
     """
     n, c, h, w = x.shape
-    k = gaussian_kernels(sigma, max(max_sigma, float(sigma.max())))  # (N, ks)
-    r = k.shape[1] // 2
+    if radius is None:
+        radius = blur_radius(float(sigma.max()))
+    k = gaussian_kernels(sigma, radius)  # (N, 2 radius + 1)
+    pad_mode = "reflect" if min(h, w) > radius else "replicate"
+    x = x.float()
+    if torch.is_autocast_enabled(x.device.type):
+        # Under autocast conv2d would run in half precision; keep the blur in float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return _blur(x, k, radius, pad_mode)
+    return _blur(x, k, radius, pad_mode)
+
+
+def _blur(x: torch.Tensor, k: torch.Tensor, radius: int, pad_mode: str) -> torch.Tensor:
+    n, c, h, w = x.shape
+    if n * c <= 6 and x.device.type == "cpu":
+        # Few channels: oneDNN's depthwise conv is slow there; sum shifted slices instead.
+        return _blur_shift_add(x, k, radius, pad_mode)
     weight = k.repeat_interleave(c, dim=0)  # (N*C, ks)
-    # Under autocast conv2d would run in half precision; keep the blur in float32.
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        y = x.float().reshape(1, n * c, h, w)
-        pad_mode = "reflect" if min(h, w) > r else "replicate"
-        y = F.pad(y, (r, r, 0, 0), mode=pad_mode)
-        y = F.conv2d(y, weight.view(n * c, 1, 1, -1), groups=n * c)
-        y = F.pad(y, (0, 0, r, r), mode=pad_mode)
-        y = F.conv2d(y, weight.view(n * c, 1, -1, 1), groups=n * c)
+    y = x.reshape(1, n * c, h, w)
+    y = F.pad(y, (radius, radius, 0, 0), mode=pad_mode)
+    y = F.conv2d(y, weight.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.pad(y, (0, 0, radius, radius), mode=pad_mode)
+    y = F.conv2d(y, weight.view(n * c, 1, -1, 1), groups=n * c)
     return y.view(n, c, h, w)
 
 
+def _blur_shift_add(x: torch.Tensor, k: torch.Tensor, radius: int, pad_mode: str) -> torch.Tensor:
+    n, _, h, w = x.shape
+    taps = k.view(n, 1, 1, 1, -1)
+    y = F.pad(x, (radius, radius, radius, radius), mode=pad_mode)
+    rows = y[..., 0:w] * taps[..., 0]  # horizontal pass, (N, C, H + 2 r, W)
+    for i in range(1, 2 * radius + 1):
+        rows.addcmul_(y[..., i : i + w], taps[..., i])
+    out = rows[..., 0:h, :] * taps[..., 0]  # vertical pass
+    for i in range(1, 2 * radius + 1):
+        out.addcmul_(rows[..., i : i + h, :], taps[..., i])
+    return out
+
+
 # ---------------------------------------------------------------------------- the pipeline
-def _blend_step_(x: torch.Tensor, f: torch.Tensor, w_gray: torch.Tensor, w_mean: torch.Tensor,
-                 any_gray: bool, any_mean: bool) -> None:
-    """One jitter step of brightness / contrast / saturation for every image at once, in place.
+class _Stage(NamedTuple):
+    sort: Optional[np.ndarray]  # gather before the stage (None: order unchanged)
+    order: np.ndarray  # original index of every position during the stage
+    bounds: List[int]  # positions [bounds[k], bounds[k + 1]) run op k
 
-    All three are ``clamp(f x + (1 - f) y)`` with y = 0 (brightness), the mean grey level
-    (contrast) or the grayscale image (saturation): y = w_gray * gray + w_mean * mean, with
-    per-image 0/1 weights; images running another op (or none) this step have f = 1.
+
+def _plan(params: np.ndarray) -> List[_Stage]:
+    """Host-side plan (numpy, cheap): five stages, the images sorted by their op at each.
+
+    Stages 0-3 are the jitter steps (op 0 brightness, 1 contrast, 2 saturation, 3 hue,
+    4 none); stage 4 orders the images [blur + gray, blur, gray, none] (0..3).
     """
-    view = (-1, 1, 1, 1)
-    y = None
-    if any_gray:
-        y = _gray(x).mul_(w_gray.view(view))
-    if any_mean:
-        luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
-        mean = (x.mean(dim=(2, 3)) @ luma).mul_(w_mean).view(view)
-        y = mean if y is None else y.add_(mean)
-    if y is None:
-        x.mul_(f.view(view))
+    order = params[:, ORDER].astype(np.int64)
+    order[params[:, JITTER_ON] <= 0.5] = 4
+    last = 2 * (params[:, BLUR_ON] <= 0.5) + (params[:, GRAY_ON] <= 0.5)
+    keys = list(order.T) + [last.astype(np.int64)]
+    current = np.arange(params.shape[0])
+    stages = []
+    for key in keys:
+        key = key[current]
+        sort = np.argsort(key, kind="stable")
+        if (sort[1:] > sort[:-1]).all():  # already sorted
+            sort = None
+        else:
+            current, key = current[sort], key[sort]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=5))]).tolist()
+        stages.append(_Stage(sort, current, bounds))
+    return stages
+
+
+def _adjust_(x: torch.Tensor, op: int, p: torch.Tensor, bound: float) -> None:
+    """Jitter op ``op`` on x in place (p: the images' parameter rows)."""
+    if op == 0:
+        adjust_brightness_(x, p[:, BRIGHTNESS], bound)
+    elif op == 1:
+        adjust_contrast_(x, p[:, CONTRAST], bound)
+    elif op == 2:
+        adjust_saturation_(x, p[:, SATURATION], bound)
     else:
-        x.sub_(y).mul_(f.view(view)).add_(y)
-    x.clamp_(0, 1)
+        adjust_hue(x, p[:, HUE], out=x)
 
 
-def apply_photometric(
-    x: torch.Tensor, params: torch.Tensor, inplace: bool = False, max_sigma: float = 2.0
-) -> torch.Tensor:
+def _apply(x: torch.Tensor, params: torch.Tensor, host: np.ndarray, bound: float, owned: bool):
+    """The five stages; every stage first gathers the images in its order (one
+    ``index_select``) so that each op runs once, in place, on a contiguous slice. uint8 input
+    is gathered first, then converted. Returns x in the last stage's order and that order."""
+    dev = x.device
+    stages = _plan(host)
+    for s, stage in enumerate(stages):
+        if stage.sort is not None:
+            x, owned = x.index_select(0, torch.from_numpy(stage.sort).to(dev)), True
+        if x.dtype != torch.float32:
+            x, owned = x.to(torch.float32), True
+        elif not owned:
+            x, owned = x.clone(), True
+        b = stage.bounds
+        p = params[torch.from_numpy(stage.order).to(dev)] if s < 4 else None
+        if s < 4:
+            for op in range(4):
+                if b[op + 1] > b[op]:
+                    _adjust_(x[b[op] : b[op + 1]], op, p[b[op] : b[op + 1]], bound)
+            continue
+        # [blur + gray][blur][gray][none]: grayscale on two slices, blur on the first two.
+        for lo, hi in ((b[0], b[1]), (b[2], b[3])):
+            if hi > lo:
+                x[lo:hi] = _gray(x[lo:hi])
+        if b[2]:
+            sigma = host[stage.order[: b[2]], SIGMA]
+            radius = blur_radius(float(sigma.max()))
+            k = torch.from_numpy(_host_kernels(sigma, radius)).to(dev)
+            pad_mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
+            x[: b[2]] = _blur(x[: b[2]], k, radius, pad_mode)
+    return x, stages[-1].order
+
+
+def _host_kernels(sigma: np.ndarray, radius: int) -> np.ndarray:
+    """:func:`gaussian_kernels` on the host (numpy), float32."""
+    t = np.arange(-radius, radius + 1, dtype=np.float64)[None]
+    sigma = sigma.astype(np.float64)[:, None]
+    k = np.exp(-0.5 * (t / sigma) ** 2) * (np.abs(t) <= np.ceil(3 * sigma))
+    return (k / k.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def apply_photometric(x: torch.Tensor, params: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Apply per-image photometric augmentation.
 
     Every image goes through: colour jitter (if on) = brightness, contrast, saturation and hue
-    in its own order, then grayscale (if on), then blur (if on). Batched with few ops: the
-    images are sorted by the step at which they run hue, so each jitter step is one fused
-    brightness/contrast/saturation blend over all images plus one hue call on a contiguous
-    slice; they are then re-sorted so the grayscale and blur images are contiguous.
+    in its own order, then grayscale (if on), then blur (if on).
 
     Args:
-        x: (N, 3, H, W) float RGB in [0, 1].
+        x: (N, 3, H, W) float RGB in [0, 1], or uint8 RGB in [0, 255].
         params: (N, NUM_PARAMS) rows from :func:`sample_photometric_params`.
-        inplace: allow overwriting ``x`` (when it is float32) instead of copying it.
-        max_sigma: the largest blur sigma expected (only sets the kernel buffer size).
+        inplace: allow overwriting a float32 ``x`` instead of copying it.
 
     Returns:
-        (N, 3, H, W) float32 RGB in [0, 1].
+        The augmented images, float32 in [0, 1] for float input, uint8 (rounded) for uint8.
     """
-    n = x.shape[0]
-    x = x.to(torch.float32, copy=not inplace)
-    if n == 0:
-        return x
-    params = params.to(x.device, torch.float32)
-    jitter = params[:, JITTER_ON] > 0.5
-    order = params[:, ORDER].long()  # (N, 4) op of every step
-    hue_step = torch.where(jitter, (order == 3).long().argmax(dim=1), 4)
-    perm = torch.argsort(hue_step, stable=True)
-    params, jitter, order = params[perm], jitter[perm], order[perm]
-    # Per-step blend factors (1 = untouched) and which kinds of blend appear.
-    factors = torch.ones(4, n, device=x.device)
-    w_gray = torch.zeros(4, n, device=x.device)
-    w_mean = torch.zeros(4, n, device=x.device)
-    for op, col in ((0, BRIGHTNESS), (1, CONTRAST), (2, SATURATION)):
-        sel = (order.t() == op) & jitter  # (4, N)
-        factors = torch.where(sel, params[:, col], factors)
-        if op == 1:
-            w_mean = sel.float()
-        if op == 2:
-            w_gray = sel.float()
-    gray_on = params[:, GRAY_ON] > 0.5
-    blur_on = params[:, BLUR_ON] > 0.5
-    # Final stage order: [blur + gray][blur][gray][neither].
-    key2 = 2 * (~blur_on).long() + (~gray_on).long()
-    perm2 = torch.argsort(key2, stable=True)
-    # One host sync for every count and flag.
-    stats = torch.cat(
-        [
-            torch.bincount(hue_step[perm], minlength=5)[:4],
-            torch.bincount(key2, minlength=4),
-            (factors != 1).any(dim=1).long(),
-            (w_gray > 0).any(dim=1).long(),
-            (w_mean > 0).any(dim=1).long(),
-        ]
-    ).tolist()
-    hue_counts, key2_counts = stats[:4], stats[4:8]
-    any_blend, any_gray, any_mean = stats[8:12], stats[12:16], stats[16:20]
-
-    identity = torch.arange(n, device=x.device)
-    if not torch.equal(perm, identity):
-        x = x.index_select(0, perm)
-    start = 0
-    for step in range(4):
-        if any_blend[step]:
-            _blend_step_(x, factors[step], w_gray[step], w_mean[step], any_gray[step],
-                         any_mean[step])
-        count = hue_counts[step]
-        if count:
-            seg = x[start : start + count]
-            adjust_hue(seg, params[start : start + count, HUE], out=seg)
-            start += count
-
-    if not torch.equal(perm2, identity):
-        x, params, perm = x.index_select(0, perm2), params[perm2], perm[perm2]
-    c_bg, c_b, c_g = key2_counts[0], key2_counts[1], key2_counts[2]
-    for lo, hi in ((0, c_bg), (c_bg + c_b, c_bg + c_b + c_g)):
-        if hi > lo:
-            seg = x[lo:hi]
-            seg.copy_(_gray(seg).expand(-1, 3, -1, -1))
-    if c_bg + c_b:
-        seg = x[: c_bg + c_b]
-        seg.copy_(gaussian_blur(seg, params[: c_bg + c_b, SIGMA], max_sigma))
-    if not torch.equal(perm, identity):
-        x = x.index_select(0, torch.argsort(perm))
-    return x
+    as_uint8 = x.dtype == torch.uint8
+    host = params.detach().to("cpu", torch.float32).numpy()
+    if x.shape[0] == 0:
+        return x.clone() if as_uint8 else x.to(torch.float32, copy=not inplace)
+    if params.device != x.device or params.dtype != torch.float32:
+        params = params.to(x.device, torch.float32)
+    bound = 255.0 if as_uint8 else 1.0
+    # No autograd bookkeeping for the many small ops (a sizeable share of the loader's cost);
+    # the result is made outside inference mode, so it is an ordinary tensor.
+    with torch.inference_mode():
+        if torch.is_autocast_enabled(x.device.type):
+            # Under autocast conv2d (the blur) would run in half precision: keep float32.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x, order = _apply(x, params, host, bound, inplace)
+        else:
+            x, order = _apply(x, params, host, bound, inplace)
+        if as_uint8:
+            # Values are in [0, 255]: +0.5 then truncation rounds to the nearest integer.
+            x = x.add_(0.5).to(torch.uint8)
+    if (order[1:] > order[:-1]).all():
+        return x.clone() if x.is_inference() else x
+    return x.index_select(0, torch.from_numpy(np.argsort(order)).to(x.device))

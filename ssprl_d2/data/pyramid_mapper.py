@@ -27,17 +27,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.utils.file_io import PathManager
+from PIL import Image, ImageOps
 from torchvision.ops import roi_align
 
+from .image_io import read_image_or_none
 from .photometric import apply_photometric, sample_photometric_params
 
 logger = logging.getLogger(__name__)
 
 Box = Tuple[int, int, int, int]  # top, left, height, width
-
-
-def _uniform(lo: float, hi: float, g: Optional[torch.Generator]) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g))
+# Loader-side photometric runs on at most this many float values at once (~1.4 MB): the
+# ops are memory-bound, and a working set that stays in the CPU's L2/L3 caches is faster
+# than one big batch.
+PHOTOMETRIC_CHUNK_ELEMENTS = 360_000
 
 
 def _randint(lo: int, hi: int, g: Optional[torch.Generator]) -> int:
@@ -57,8 +60,10 @@ def sample_resized_crop_box(
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
-        target = area * _uniform(scale[0], scale[1], generator)
-        aspect = math.exp(_uniform(log_lo, log_hi, generator))
+        # One call for both draws (the same stream as two scalar draws).
+        u_area, u_ratio = torch.rand(2, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
         w = int(round(math.sqrt(target * aspect)))
         h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
@@ -85,10 +90,7 @@ def _resize_box(image_cl: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     float kernel; both match ``PIL.Image.resize(..., BILINEAR)`` up to rounding.
     """
     top, left, h, w = box
-    # The kernel is fastest on dense channels-last input: copy the crop first (cheap).
-    crop = image_cl[:, :, top : top + h, left : left + w].contiguous(
-        memory_format=torch.channels_last
-    )
+    crop = image_cl[:, :, top : top + h, left : left + w]
     out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                         antialias=True)
     if out.dtype != torch.uint8:
@@ -296,25 +298,26 @@ class PyramidDatasetMapper:
         return crop_groups, views, params
 
     # ------------------------------------------------------------------ pixels
-    def _render_interpolate(self, image: torch.Tensor, crop_groups, views) -> List[torch.Tensor]:
-        """uint8 blocks in canonical order: crop groups, then (scale, view) patch sets."""
+    def _render_interpolate(self, image: torch.Tensor, crop_groups, views):
+        """uint8 blocks in canonical order (crop groups, then (scale, view) patch sets), and
+        per pyramid scale the (2, M, 3, p, p) tensor whose two views are those blocks."""
         image_cl = _as_channels_last(image)
         blocks = [
             torch.cat([_resize_box(image_cl, b, grp.size) for b in grp.boxes])
             for grp in crop_groups
         ]
+        pyramids = []
         for scale_views in views:
+            p = scale_views[0].patch
+            out = torch.empty(2, len(scale_views[0].tops), 3, p, p, dtype=torch.uint8)
             resized = None
             for v, view in enumerate(scale_views):
                 if v == 0 or not self.shared_pyramid_crop:
                     resized = _resize_box(image_cl, view.box, view.resize)[0]  # (3, S, S)
-                p = view.patch
-                blocks.append(
-                    torch.stack(
-                        [resized[:, t : t + p, l : l + p] for t, l in zip(view.tops, view.lefts)]
-                    )
-                )
-        return blocks
+                cells = [resized[:, t : t + p, l : l + p] for t, l in zip(view.tops, view.lefts)]
+                blocks.append(torch.stack(cells, out=out[v]))
+            pyramids.append(out)
+        return blocks, pyramids
 
     def _render_roi_align(self, image: torch.Tensor, crop_groups, views) -> List[torch.Tensor]:
         """float (0-255) blocks in canonical order; one ``roi_align`` per output size."""
@@ -356,10 +359,20 @@ class PyramidDatasetMapper:
         out: List[Optional[torch.Tensor]] = [None] * len(blocks)
         for size in dict.fromkeys(sizes):
             ids = [i for i, s in enumerate(sizes) if s == size]
-            x = torch.cat([blocks[i] for i in ids]).to(torch.float32).div_(255.0)
+            x = torch.cat([blocks[i] for i in ids]) if len(ids) > 1 else blocks[ids[0]]
             rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in ids])
-            x = apply_photometric(x, params[rows], inplace=True, max_sigma=self.blur_max)
-            x = _to_uint8(x.mul_(255.0))
+            if x.dtype != torch.uint8:
+                x = _to_uint8(x)  # roi_align output (0-255 float)
+            # uint8 in, uint8 out; in chunks whose float working set stays in the CPU caches.
+            n = x.shape[0]
+            chunks = -(-n * 3 * size * size // PHOTOMETRIC_CHUNK_ELEMENTS)
+            bounds = np.linspace(0, n, min(n, chunks) + 1).round().astype(int).tolist()
+            x = torch.cat(
+                [
+                    apply_photometric(x[lo:hi], params[rows[lo:hi]])
+                    for lo, hi in zip(bounds, bounds[1:])
+                ]
+            )
             for i, part in zip(ids, x.split([counts[i] for i in ids])):
                 out[i] = part
         return out
@@ -370,12 +383,13 @@ class PyramidDatasetMapper:
         avoids a copy). See the class docstring."""
         _, h, w = image.shape
         crop_groups, views, params = self._draw(h, w, generator)
+        pyramids = None
         if self.resample == "roi_align":
             blocks = self._render_roi_align(image, crop_groups, views)
         else:
-            blocks = self._render_interpolate(image, crop_groups, views)
+            blocks, pyramids = self._render_interpolate(image, crop_groups, views)
         if self.photometric_on == "loader":
-            blocks = self._photometric_by_size(blocks, params)
+            blocks, pyramids = self._photometric_by_size(blocks, params), None
         else:
             blocks = [b if b.dtype == torch.uint8 else _to_uint8(b) for b in blocks]
         # Flips commute with every photometric op (all are mirror-symmetric), so they are
@@ -385,7 +399,7 @@ class PyramidDatasetMapper:
         blocks = [_flip_(b, f) for b, f in zip(blocks, flips)]
         n_groups = len(crop_groups)
         crops = [c for b in blocks[:n_groups] for c in b.unbind(0)]
-        patches = [
+        patches = pyramids or [  # the flips above were applied in place in ``pyramids``
             torch.stack(blocks[n_groups + 2 * s : n_groups + 2 * s + 2])
             for s in range(len(views))
         ]
@@ -395,17 +409,34 @@ class PyramidDatasetMapper:
         return out
 
     def __call__(self, dataset_dict: dict, generator: Optional[torch.Generator] = None):
-        from .image_io import read_image_or_none
-
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_or_none(dataset_dict["file_name"], format=self.image_format)
+        image = read_rgb_tensor(dataset_dict["file_name"])
         if image is None:
             return None
-        # HWC memory seen as (3, H, W): the uint8 resize kernel wants channels-last anyway.
-        # The decoded array may be read-only; it is never written to.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        out = self.map_image(tensor, generator)
+        out = self.map_image(image, generator)
         out["image_id"] = dataset_dict.get("image_id", dataset_dict["file_name"])
         return out
+
+
+def read_rgb_tensor(file_name: str) -> Optional[torch.Tensor]:
+    """Decode an image as a (3, H, W) uint8 RGB tensor backed by HWC memory (no transposing
+    copy; the uint8 resize kernel wants channels-last anyway), EXIF orientation applied.
+
+    Same pixels as ``detectron2.data.detection_utils.read_image(format="RGB")`` without its
+    extra copies. Unreadable files go through :func:`read_image_or_none`, which logs and counts
+    them, and give None.
+    """
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            img = ImageOps.exif_transpose(Image.open(f))
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            array = np.asarray(img)
+    except Exception:
+        array = read_image_or_none(file_name, format="RGB")
+        if array is None:
+            return None
+    # The array may be read-only; it is never written to.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
