@@ -176,7 +176,11 @@ def time_device_part(cfg, files: List[str], device: str, batch: int, rounds: int
         run()
         cpu_times.append((time.process_time() - cpu) / len(outs))
         wall_times.append((time.perf_counter() - wall) / len(outs))
-    return {"device": device, "cpu_s_per_image": min(cpu_times), "wall_s_per_image": min(wall_times)}
+    return {
+        "device": device,
+        "cpu_s_per_image": min(cpu_times),
+        "wall_s_per_image": min(wall_times),
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> dict:

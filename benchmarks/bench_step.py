@@ -128,7 +128,8 @@ def _fill_queues(model) -> None:
     with torch.no_grad():
         for q in model.queues:
             if q.length > 0:
-                q.features.copy_(torch.nn.functional.normalize(torch.randn_like(q.features), dim=-1))
+                unit = torch.nn.functional.normalize(torch.randn_like(q.features), dim=-1)
+                q.features.copy_(unit)
                 q.num_filled.fill_(q.length)
 
 
@@ -208,12 +209,11 @@ def run_setting(args, settings: Dict, files: List[str], label: str) -> Dict:
         "last_loss": loss,
     }
     if args.num_workers >= 0:
-        result.update(run_with_loader(args, settings, model, step))
-    del model, optimizer
+        result.update(run_with_loader(args, settings, step))
     return result
 
 
-def run_with_loader(args, settings: Dict, model, step) -> Dict:
+def run_with_loader(args, settings: Dict, step) -> Dict:
     """The step fed by ``build_pretrain_train_loader`` (end-to-end images/s)."""
     from detectron2.utils.events import EventStorage
 
@@ -272,9 +272,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         runs.append(run_setting(args, dict(BASELINE), files, "reference"))
     runs.append(run_setting(args, measured, files, "measured"))
     ref = runs[0]
-    print(f"{'run':10s} {'amp':5s} {'ch-last':7s} {'groups':10s} {'img/s':>8s} {'s/step':>8s} "
-          f"{'peak MiB':>9s} {'vs ref':>7s}" + (f" {'e2e img/s':>10s}" if args.num_workers >= 0
-                                               else ""))
+    header = (
+        f"{'run':10s} {'amp':5s} {'ch-last':7s} {'groups':10s} {'img/s':>8s} {'s/step':>8s} "
+        f"{'peak MiB':>9s} {'vs ref':>7s}"
+    )
+    print(header + (f" {'e2e img/s':>10s}" if args.num_workers >= 0 else ""))
     for r in runs:
         r["ratio_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
         r["peak_ratio_vs_reference"] = r["peak_mib"] / ref["peak_mib"]

@@ -31,7 +31,8 @@ class PILRandomGaussianBlur:
     def __call__(self, img: Image.Image) -> Image.Image:
         if random.random() >= self.p:
             return img
-        return img.filter(ImageFilter.GaussianBlur(random.uniform(self.radius_min, self.radius_max)))
+        radius = random.uniform(self.radius_min, self.radius_max)
+        return img.filter(ImageFilter.GaussianBlur(radius))
 
 
 def per_crop_transform(

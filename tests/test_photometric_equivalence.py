@@ -3,11 +3,11 @@
 Distributions (seeded, sampling tolerances): crop area and aspect ratio, flip rate, colour-jitter
 probability, factor ranges and op order, grayscale and blur rates, blur sigma range.
 Pixels for fixed parameters: resampling vs ``PIL.Image.resize(BILINEAR)`` of the same region
-(interpolate: mean absolute error < 0.25 grey levels, i.e. rare +-1 roundings; roi_align: < 2.5, it anti-aliases with a box
-instead of PIL's triangle filter), every photometric op vs ``torchvision.transforms.functional``
-(blur: ``gaussian_blur`` with kernel size 2 ceil(3 sigma) + 1, and PIL's ``GaussianBlur(radius=
-sigma)`` within 1.5 grey levels), and the loader-side vs model-side paths (equal up to uint8
-rounding).
+(interpolate: mean absolute error < 0.25 grey levels, i.e. rare +-1 roundings; roi_align:
+< 2.5, it anti-aliases with a box instead of PIL's triangle filter); every photometric op vs
+``torchvision.transforms.functional`` (blur: ``gaussian_blur`` with kernel size
+2 ceil(3 sigma) + 1, and PIL's ``GaussianBlur(radius=sigma)`` of the release within 1.5 grey
+levels); the loader-side vs model-side paths (equal up to uint8 rounding).
 """
 import math
 from collections import Counter

@@ -37,10 +37,6 @@ from .photometric import apply_photometric, sample_photometric_params
 logger = logging.getLogger(__name__)
 
 Box = Tuple[int, int, int, int]  # top, left, height, width
-# Loader-side photometric runs on at most this many float values at once (~1.4 MB): the
-# ops are memory-bound, and a working set that stays in the CPU's L2/L3 caches is faster
-# than one big batch.
-PHOTOMETRIC_CHUNK_ELEMENTS = 360_000
 
 
 def _randint(lo: int, hi: int, g: Optional[torch.Generator]) -> int:
@@ -363,16 +359,7 @@ class PyramidDatasetMapper:
             rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in ids])
             if x.dtype != torch.uint8:
                 x = _to_uint8(x)  # roi_align output (0-255 float)
-            # uint8 in, uint8 out; in chunks whose float working set stays in the CPU caches.
-            n = x.shape[0]
-            chunks = -(-n * 3 * size * size // PHOTOMETRIC_CHUNK_ELEMENTS)
-            bounds = np.linspace(0, n, min(n, chunks) + 1).round().astype(int).tolist()
-            x = torch.cat(
-                [
-                    apply_photometric(x[lo:hi], params[rows[lo:hi]])
-                    for lo, hi in zip(bounds, bounds[1:])
-                ]
-            )
+            x = apply_photometric(x, params[rows])  # uint8 in, uint8 out
             for i, part in zip(ids, x.split([counts[i] for i in ids])):
                 out[i] = part
         return out
