@@ -140,6 +140,7 @@ def prepare_weights(weights: str, output_dir: str, launcher: Launcher, redo: boo
         log(f"[transfer] using converted weights {pkl}")
         return pkl
     log_file = os.path.join(output_dir, "logs", "convert.log")
+    os.makedirs(os.path.dirname(pkl), exist_ok=True)
     if launcher(argv, log_file) != 0 or not os.path.isfile(pkl):
         raise RuntimeError(f"conversion of {weights} failed; see {log_file}")
     return pkl

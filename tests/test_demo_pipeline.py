@@ -1,0 +1,114 @@
+"""The end-to-end demo at toy size: every stage runs through the real tools (subprocesses), the
+results table has every row, and a second run skips everything."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ssprl_d2.engine.demo import (
+    REPO_ROOT,
+    collect_metrics,
+    format_results_markdown,
+    plan_demo,
+    run_demo,
+)
+
+
+def test_plan_uses_the_project_configs_and_tools(tmp_path):
+    stages = plan_demo(str(tmp_path), tiny=False)
+    names = [s.name for s in stages]
+    assert names == [
+        "pretrain_ssprl", "convert_ssprl", "linear_ssprl", "linear_random", "maskrcnn_ssprl",
+        "maskrcnn_random", "visualize", "pretrain_global", "convert_global", "linear_global",
+    ]
+    by_name = {s.name: s for s in stages}
+    for s in stages:
+        assert os.path.isfile(os.path.join(REPO_ROOT, s.argv[0])), s.argv[0]
+        if "--config-file" in s.argv:
+            assert os.path.isfile(os.path.join(REPO_ROOT, s.argv[s.argv.index("--config-file") + 1]))
+    pkl = by_name["convert_ssprl"].argv[2]
+    # The probes of both rows share one protocol; only the weights differ.
+    ssprl, random = by_name["linear_ssprl"].argv, by_name["linear_random"].argv
+    assert ssprl[ssprl.index("MODEL.WEIGHTS") + 1] == pkl
+    assert random[random.index("MODEL.WEIGHTS") + 1] == ""
+    strip = lambda a: a[: a.index("MODEL.WEIGHTS")]  # noqa: E731
+    assert strip(ssprl) == strip(random)
+    det = by_name["maskrcnn_ssprl"].argv
+    assert strip(det) == strip(by_name["maskrcnn_random"].argv)
+    assert [s.name for s in plan_demo(str(tmp_path), skip_baseline=True)] == names[:7]
+
+
+def test_results_markdown_has_rows_and_deltas():
+    results = {
+        "size": "full", "dataset": "demo",
+        "rows": {
+            "ssprl": {"linear_map": 62.0, "box_ap": 20.0, "mask_ap": 18.0},
+            "random": {"linear_map": 50.0, "box_ap": 15.5, "mask_ap": None},
+        },
+        "delta_ssprl_minus_random": {"linear_map": 12.0, "box_ap": 4.5, "mask_ap": None},
+        "stages": {"pretrain_ssprl": {"seconds": 301.0, "ran_now": True, "command": "python x"}},
+        "total_seconds": 301.0, "figures": [],
+    }
+    text = format_results_markdown(results)
+    assert "| SS-PRL (configs/ssprl_demo.yaml) | 62.0 | 20.0 | 18.0 |" in text
+    assert "| Random init | 50.0 | 15.5 | — |" in text
+    assert "+12.0 | +4.5 | — |" in text and "5m01s" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("demo") / "out")
+    lines = []
+    results = run_demo(out, tiny=True, log=lines.append)
+    return out, results, lines
+
+
+def test_tiny_demo_end_to_end(tiny_demo):
+    out, results, lines = tiny_demo
+    rows = results["rows"]
+    assert set(rows) == {"ssprl", "random", "global"}
+    for key in ("ssprl", "random", "global"):
+        assert 0.0 <= rows[key]["linear_map"] <= 100.0, key
+    for key in ("ssprl", "random"):
+        assert rows[key]["box_ap"] is not None and rows[key]["mask_ap"] is not None, key
+    assert rows["global"]["box_ap"] is None  # linear row only
+    assert results["delta_ssprl_minus_random"]["linear_map"] == pytest.approx(
+        rows["ssprl"]["linear_map"] - rows["random"]["linear_map"])
+    # Files: table, json, figures, weights, logs.
+    md = open(os.path.join(out, "results.md")).read()
+    for label in ("SS-PRL (configs/ssprl_demo.yaml)", "Random init",
+                  "Global-only baseline (scale 0)", "SS-PRL − random"):
+        assert f"| {label}" in md or f"| **{label}**" in md, label
+    assert json.load(open(os.path.join(out, "results.json")))["rows"] == rows
+    pngs = sorted(os.path.basename(p) for p in results["figures"])
+    assert pngs == ["cross_scale_prototypes.png", "prototypes_tsne_scale0.png",
+                    "prototypes_tsne_scale2.png"]
+    assert os.path.getsize(os.path.join(out, "weights", "ssprl_demo_r18.pkl")) > 0
+    assert all(v["seconds"] is not None for v in results["stages"].values())
+    assert any("ETA" in line for line in lines) and any("results.md" in line for line in lines)
+    # The probe read back equals the evaluator's own file.
+    metrics = collect_metrics(os.path.join(out, "linear", "ssprl"), ["classification/mAP"])
+    assert metrics["classification/mAP"] == pytest.approx(rows["ssprl"]["linear_map"])
+
+
+def test_second_run_skips_every_stage(tiny_demo):
+    out, results, _ = tiny_demo
+    lines = []
+    again = run_demo(out, tiny=True, log=lines.append)
+    skipped = [line for line in lines if "skipped (--redo to rerun)" in line]
+    assert len(skipped) == 10
+    assert again["rows"] == results["rows"]
+    assert all(not v["ran_now"] for v in again["stages"].values())
+    # A changed command (full size instead of tiny) is not mistaken for a finished stage.
+    dry = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "run_demo.py"), "--output-dir", out,
+         "--dry-run"], capture_output=True, text=True, check=True,
+    ).stdout
+    assert "would skip" not in dry and dry.count("tools/train_net.py") == 4
+    dry_tiny = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "run_demo.py"), "--output-dir", out,
+         "--dry-run", "--tiny"], capture_output=True, text=True, check=True,
+    ).stdout
+    assert dry_tiny.count("would skip") == 10
