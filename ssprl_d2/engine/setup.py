@@ -38,12 +38,32 @@ def load_config(config_file: str = "", opts=()) -> CfgNode:
     add_ssprl_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg.merge_from_list(_coerce_float_opts(cfg, list(opts)))
     register_from_config(cfg)
     _apply_batch_lr_scaling(cfg)
     _apply_epochs(cfg)
     validate_config(cfg)
     return cfg
+
+
+def _coerce_float_opts(cfg: CfgNode, opts: list) -> list:
+    """Let ``SOLVER.EPOCHS 20`` mean 20.0: yacs refuses an int for a float key."""
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        node, ok = cfg, True
+        for part in str(out[i]).split("."):
+            if not isinstance(node, CfgNode) or part not in node:
+                ok = False
+                break
+            node = node[part]
+        value = out[i + 1]
+        if ok and isinstance(node, float) and isinstance(value, str):
+            try:
+                int(value)
+            except ValueError:
+                continue
+            out[i + 1] = value + ".0"
+    return out
 
 
 def setup(args) -> CfgNode:
