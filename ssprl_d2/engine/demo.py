@@ -380,6 +380,8 @@ def run_demo(
         if dry_run:
             log(f"{header}{' (done, would skip)' if done and not redo else ''}\n  "
                 + " ".join([python, *stage.argv]))
+            if redo or not done:
+                ran_now[stage.name] = 0.0  # its dependents would rerun too
             continue
         if done and not redo:
             log(f"{header} -- done before, skipped (--redo to rerun)")
