@@ -1,4 +1,5 @@
 """Shared helpers of the pre-training tests: a tiny image folder and a tiny config."""
+import hashlib
 import os
 
 import numpy as np
@@ -45,7 +46,9 @@ def write_image_folder(root: str, n: int = 10, corrupt: int = 0) -> str:
     return root
 
 
-def tiny_pretrain_cfg(folder: str, output_dir: str, name: str = "tiny_pretrain", extra=()):
+def tiny_pretrain_cfg(folder: str, output_dir: str, name: str = "", extra=()):
+    # One dataset name per folder: registrations live for the whole test process.
+    name = name or "tiny_pretrain_" + hashlib.sha1(folder.encode()).hexdigest()[:10]
     cfg = load_config(
         config_path("configs/ssprl_demo.yaml"),
         [
