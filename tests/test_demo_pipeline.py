@@ -27,7 +27,8 @@ def test_plan_uses_the_project_configs_and_tools(tmp_path):
     for s in stages:
         assert os.path.isfile(os.path.join(REPO_ROOT, s.argv[0])), s.argv[0]
         if "--config-file" in s.argv:
-            assert os.path.isfile(os.path.join(REPO_ROOT, s.argv[s.argv.index("--config-file") + 1]))
+            config = s.argv[s.argv.index("--config-file") + 1]
+            assert os.path.isfile(os.path.join(REPO_ROOT, config)), config
     pkl = by_name["convert_ssprl"].argv[2]
     # The probes of both rows share one protocol; only the weights differ.
     ssprl, random = by_name["linear_ssprl"].argv, by_name["linear_random"].argv

@@ -9,7 +9,8 @@ results are written as paper-style Markdown tables with the paper's numbers side
     python benchmarks/transfer/run_transfer.py --weights ssprl_r50.pkl \
         --protocols linear_voc07,semi_coco_10,maskrcnn_15k --output-dir output/transfer \
         --num-gpus 8
-    python benchmarks/transfer/run_transfer.py --weights output/demo/pretrain_ssprl/model_final.pth \
+    python benchmarks/transfer/run_transfer.py \
+        --weights output/demo/pretrain_ssprl/model_final.pth \
         --protocols demo_linear,demo_maskrcnn --output-dir output/transfer_demo
 
 A ``.pth`` checkpoint is converted first (tools/convert_to_d2.py). Protocols whose results exist
@@ -28,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from transfer_table import RESULT_FILE, build_markdown  # noqa: E402
 
-from ssprl_d2.engine.demo import REPO_ROOT, collect_metrics, run_tool  # noqa: E402
+from ssprl_d2.engine.demo import collect_metrics, run_tool  # noqa: E402
 
 _CLS = ("classification/mAP",)
 _DET = ("bbox/AP", "segm/AP")

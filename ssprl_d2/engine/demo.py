@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -101,13 +102,14 @@ def demo_settings(tiny: bool) -> DemoSettings:
         return DemoSettings(
             pretrain_opts=list(_COMMON_OPTS),
             global_opts=list(_COMMON_OPTS),
-            # Same probe for every row: frozen backbone (BN in eval mode), cached features of
-            # the test transform, a longer schedule than the config's (it costs seconds).
-            linear_opts=_COMMON_OPTS + ["SOLVER.EPOCHS", "30"],
-            detection_opts=_COMMON_OPTS + ["SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(150,)"],
+            # The linear_demo.yaml protocol for every row: frozen backbone (BN in eval mode),
+            # head trained on cached features of the test transform.
+            linear_opts=list(_COMMON_OPTS),
+            # Half of mask_rcnn_demo.yaml's schedule (0.75 s / iteration on 2 cores).
+            detection_opts=_COMMON_OPTS + ["SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(100, 133)"],
             visualize_args=["--size", "1200"],
-            estimates={"pretrain": 330, "global": 120, "convert": 8, "linear": 30,
-                       "detection": 100, "visualize": 20},
+            estimates={"pretrain": 235, "global": 90, "convert": 6, "linear": 25,
+                       "detection": 125, "visualize": 15},
         )
     pyramid = [
         "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
@@ -291,7 +293,7 @@ def run_tool(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     with open(log_file, "w") as log:
-        log.write("$ " + " ".join([python, *argv]) + "\n")
+        log.write("$ " + shlex.join([python, *argv]) + "\n")
         log.flush()
         proc = subprocess.Popen(
             [python, *argv], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -365,32 +367,22 @@ def run_demo(
     mode = "tiny" if tiny else "full"
     log(f"[demo] {len(stages)} stages ({mode} size) -> {out}")
 
+    will_run = _stages_to_run(stages, state, redo)
     for i, stage in enumerate(stages, 1):
-        prev = state.get(stage.name, {})
-        stale_deps = [
-            d for d in stage.deps
-            if d in ran_now or state.get(d, {}).get("finished", 0) > prev.get("finished", 0)
-        ]
-        done = (
-            os.path.isfile(stage.product)
-            and prev.get("argv") == stage.argv
-            and not stale_deps
-        )
         header = f"[demo] stage {i}/{len(stages)} {stage.name}: {stage.title}"
         if dry_run:
-            log(f"{header}{' (done, would skip)' if done and not redo else ''}\n  "
-                + " ".join([python, *stage.argv]))
-            if redo or not done:
-                ran_now[stage.name] = 0.0  # its dependents would rerun too
+            skip = "" if will_run[stage.name] else " (done, would skip)"
+            log(f"{header}{skip}\n  " + shlex.join([python, *stage.argv]))
             continue
-        if done and not redo:
+        if not will_run[stage.name]:
             log(f"{header} -- done before, skipped (--redo to rerun)")
             continue
         elapsed = time.perf_counter() - start
-        remaining = sum(s.estimate_s for s in stages[i - 1:]
-                        if s.name not in state or redo or s.name in ran_now or s is stage)
+        remaining = sum(s.estimate_s for s in stages[i - 1 :] if will_run[s.name])
+        # Scale the estimates by how fast this machine has been so far.
         factor = min(3.0, max(0.5, elapsed / est_done)) if est_done > 0 else 1.0
-        log(f"{header} (elapsed {format_duration(elapsed)}, ETA ~{format_duration(remaining * factor)})")
+        log(f"{header} (elapsed {format_duration(elapsed)}, "
+            f"ETA ~{format_duration(remaining * factor)})")
         log_file = os.path.join(out, "logs", f"{stage.name}.log")
         t0 = time.perf_counter()
         last = [0.0]
@@ -430,6 +422,21 @@ def run_demo(
     return results
 
 
+def _stages_to_run(stages: Sequence[DemoStage], state: Dict, redo: bool) -> Dict[str, bool]:
+    """Which stages run: all with ``redo``; else those without their product, with another
+    command than last time, or downstream of a stage that runs or ran after them."""
+    will_run: Dict[str, bool] = {}
+    for stage in stages:
+        prev = state.get(stage.name, {})
+        stale = any(
+            will_run.get(d) or state.get(d, {}).get("finished", 0) > prev.get("finished", 0)
+            for d in stage.deps
+        )
+        done = os.path.isfile(stage.product) and prev.get("argv") == stage.argv and not stale
+        will_run[stage.name] = redo or not done
+    return will_run
+
+
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -467,7 +474,7 @@ def write_results(
             "title": s.title,
             "seconds": state.get(s.name, {}).get("seconds"),
             "ran_now": s.name in ran_now,
-            "command": " ".join(["python", *s.argv]),
+            "command": shlex.join(["python", *s.argv]),
         }
         for s in stages
     }
