@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def config_path(rel: str) -> str:
     return os.path.join(REPO, rel)
 
+
 TINY_OPTS = [
     "MODEL.DEVICE", "cpu",
     "INPUT.SSPRL.CROP_SIZES", "[32, 16]",

@@ -16,8 +16,6 @@ CONFIGS = sorted(
 DEMO = ["DATASETS.TRAIN", "('ssprl_demo_train',)", "DATASETS.TEST", "('ssprl_demo_val',)"]
 
 
-
-
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_config_merges(path):
     from detectron2.config import get_cfg
@@ -32,7 +30,8 @@ def test_every_config_merges(path):
                          "DATASETS.SSPRL.LABEL_SUBSET", ""]
     if raw.MODEL.META_ARCHITECTURE == "SSPRL":
         opts = ["DATASETS.TRAIN", "('ssprl_demo_train',)", "DATASETS.TEST", "()"]
-    if raw.MODEL.WEIGHTS and not os.path.exists(raw.MODEL.WEIGHTS) and "://" not in raw.MODEL.WEIGHTS:
+    weights = raw.MODEL.WEIGHTS
+    if weights and not os.path.exists(weights) and "://" not in weights:
         opts += ["MODEL.WEIGHTS", ""]
     cfg = load_config(os.path.join(REPO, path), opts)
     assert cfg.SOLVER.MAX_ITER > 0

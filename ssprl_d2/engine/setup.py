@@ -91,7 +91,8 @@ def validate_config(cfg: CfgNode) -> None:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'LARS', got {cfg.SOLVER.OPTIMIZER!r}")
     if cfg.SOLVER.AMP.PRECISION not in ("float16", "bfloat16"):
         raise ValueError(
-            f"SOLVER.AMP.PRECISION must be 'float16' or 'bfloat16', got {cfg.SOLVER.AMP.PRECISION!r}"
+            "SOLVER.AMP.PRECISION must be 'float16' or 'bfloat16', "
+            f"got {cfg.SOLVER.AMP.PRECISION!r}"
         )
 
 
@@ -139,7 +140,8 @@ def _apply_epochs(cfg: CfgNode) -> None:
             cfg.SOLVER.STEPS = tuple(int(s * cfg.SOLVER.MAX_ITER / old_max) for s in steps)
         logger.info(
             f"SOLVER.EPOCHS={cfg.SOLVER.EPOCHS} over {n} images at batch "
-            f"{cfg.SOLVER.IMS_PER_BATCH} -> MAX_ITER={cfg.SOLVER.MAX_ITER}, STEPS={cfg.SOLVER.STEPS}"
+            f"{cfg.SOLVER.IMS_PER_BATCH} -> MAX_ITER={cfg.SOLVER.MAX_ITER}, "
+            f"STEPS={cfg.SOLVER.STEPS}"
         )
     if task_of(cfg) == TASK_PRETRAIN and cfg.MODEL.SSPRL.QUEUE.START_EPOCH >= 0:
         cfg.MODEL.SSPRL.QUEUE.START_ITER = int(cfg.MODEL.SSPRL.QUEUE.START_EPOCH * iters_per_epoch)

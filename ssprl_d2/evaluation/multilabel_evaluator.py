@@ -198,4 +198,6 @@ def _per_class_table(names: Sequence[str], per_class: np.ndarray, columns: int =
     cols = 2 * min(columns, len(names))
     rows = itertools.zip_longest(*[cells[i::cols] for i in range(cols)])
     headers = ["class", "AP"] * (cols // 2)
-    return tabulate(rows, headers=headers, tablefmt="pipe", stralign="center", disable_numparse=True)
+    return tabulate(
+        rows, headers=headers, tablefmt="pipe", stralign="center", disable_numparse=True
+    )

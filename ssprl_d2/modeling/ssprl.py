@@ -222,7 +222,9 @@ class SSPRL(nn.Module):
         """Stack the crops of the batch into units: one per scale-0 crop index (B images) and
         one per (scale, view) (B*M_s patches, image-major). Returns the unit tensors and the
         matching photometric parameters (or None)."""
-        units = [torch.stack([x["crops"][i] for x in batched_inputs]) for i in range(self.num_crops)]
+        units = [
+            torch.stack([x["crops"][i] for x in batched_inputs]) for i in range(self.num_crops)
+        ]
         for s in range(1, self.num_scales):
             patches = torch.stack([x["patches"][s - 1] for x in batched_inputs])  # (B,2,M,3,p,p)
             for v in range(2):
@@ -405,9 +407,12 @@ def validate_ssprl_config(cfg: CfgNode) -> None:
         "INPUT.SSPRL.CROP_SIZES, NUM_CROPS, MIN_SCALES and MAX_SCALES must have equal lengths",
     )
     n_crops = sum(inp.NUM_CROPS)
-    need(n_crops >= 2, f"at least 2 scale-0 crops are needed, INPUT.SSPRL.NUM_CROPS={inp.NUM_CROPS}")
+    need(
+        n_crops >= 2,
+        f"at least 2 scale-0 crops are needed, INPUT.SSPRL.NUM_CROPS={list(inp.NUM_CROPS)}",
+    )
     for lo, hi in zip(inp.MIN_SCALES, inp.MAX_SCALES):
-        need(0 < lo <= hi <= 1, f"INPUT.SSPRL.MIN/MAX_SCALES must satisfy 0 < min <= max <= 1")
+        need(0 < lo <= hi <= 1, "INPUT.SSPRL.MIN/MAX_SCALES must satisfy 0 < min <= max <= 1")
     need(
         len(inp.PYRAMID_RESIZE) == len(grids) == len(inp.PATCH_SIZES) == len(inp.PYRAMID_SCALES),
         f"INPUT.SSPRL.GRIDS {grids}, PYRAMID_RESIZE {list(inp.PYRAMID_RESIZE)}, PATCH_SIZES "
