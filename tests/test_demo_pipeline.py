@@ -113,3 +113,20 @@ def test_second_run_skips_every_stage(tiny_demo):
          "--dry-run", "--tiny"], capture_output=True, text=True, check=True,
     ).stdout
     assert dry_tiny.count("would skip") == 10
+
+
+def test_run_tool_logs_plain_text_and_reports_progress(tmp_path):
+    from ssprl_d2.engine.demo import run_tool
+
+    script = tmp_path / "fake_tool.py"
+    script.write_text(
+        "print('\\x1b[38;5;204mMODEL\\x1b[39m: x')\n"
+        "print('[d2.utils.events]:  eta: 0:01:02  iter: 19  total_loss: 1.0')\n"
+        "raise SystemExit(3)\n"
+    )
+    seen = []
+    log = tmp_path / "logs" / "fake.log"
+    assert run_tool([str(script)], str(log), progress=seen.append) == 3
+    text = log.read_text()
+    assert "\x1b" not in text and "MODEL: x" in text
+    assert seen == ["iter 20, eta 0:01:02"]

@@ -8,9 +8,9 @@ is trained on them (see ssprl_d2/engine/fast_linear.py). Same config as the stan
 
 Equivalent: tools/train_net.py with MODEL.CLASSIFIER.FAST_LINEAR.ENABLED True.
 """
+import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datasets)
 from detectron2.engine import default_argument_parser, launch
 
-import ssprl_d2  # noqa: F401  (registers models, datasets)
 from ssprl_d2.engine.fast_linear import run_fast_linear
 from ssprl_d2.engine.setup import setup
 

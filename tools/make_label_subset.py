@@ -11,10 +11,10 @@ replace=False), written one id per line. --config-file registers the datasets a 
 import argparse
 import logging
 
+import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datasets)
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
-import ssprl_d2  # noqa: F401  (registers datasets)
 from ssprl_d2.data.multilabel import sample_label_subset, write_label_subset
 
 

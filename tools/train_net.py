@@ -9,10 +9,10 @@ Mask R-CNN transfer, picked by the config.
 
 Multi-node: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT (Detectron2 launch).
 """
+import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datasets)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
-import ssprl_d2  # noqa: F401  (registers models, datasets)
 from ssprl_d2.engine import Trainer, setup, task_of
 
 

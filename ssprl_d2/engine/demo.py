@@ -277,6 +277,9 @@ def format_duration(seconds: float) -> str:
 _ETA_RE = re.compile(r"eta: (\S+)\s+iter: (\d+)")
 
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def run_tool(
     argv: Sequence[str], log_file: str, python: str = sys.executable,
     progress: Optional[Callable[[str], None]] = None,
@@ -300,7 +303,7 @@ def run_tool(
             stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         for line in proc.stdout:
-            log.write(line)
+            log.write(_ANSI_RE.sub("", line))  # Detectron2 colours its config dump
             match = _ETA_RE.search(line)
             if match and progress is not None:
                 progress(f"iter {int(match.group(2)) + 1}, eta {match.group(1)}")
