@@ -14,7 +14,9 @@ Measures, on the same JPEG files (decoding included), in one process with one th
 
 Figures are CPU seconds of this process (``time.process_time``; one thread, so per core),
 minimum over ``--rounds`` interleaved rounds (the machine may be shared), with the ratio to
-the reference. Example::
+the reference. glibc's heap trimming is turned off first (``--no-steady-heap`` keeps it), so
+that pipelines sharing this process do not page-fault each other's freed memory back in
+(see :func:`steady_heap`). Example::
 
     python benchmarks/bench_data.py --images ../shared/data/coco128_train2017/images \\
         --num-images 32 --rounds 3 --json bench_data.json
@@ -59,9 +61,39 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device-batch", type=int, default=16, help="images per device batch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (per core: 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-steady-heap",
+        dest="steady_heap",
+        action="store_false",
+        help="keep glibc's default heap trimming (see steady_heap())",
+    )
     parser.add_argument("--json", default="", help="write the results to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
+
+
+def steady_heap() -> bool:
+    """Stop glibc from returning freed heap memory to the OS (``mallopt``: no trimming, no
+    ``mmap`` for blocks under 64 MiB). Returns whether it applied (glibc only).
+
+    All pipelines run in this one process, interleaved. With glibc's defaults, the memory one
+    pipeline frees is trimmed off the heap and the next pipeline page-faults it back in
+    (~1.7 us per 4 KiB page on a VM): measured here, ssprl_d2's loader pipeline took 500-700
+    page faults per image (~1 ms) when run after the reference, and none when run alone, as a
+    data-loader worker runs it. With the heap kept, every pipeline is timed in the steady
+    state a dedicated worker has; the reference is not slowed (its own faults vanish too).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(
+            libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_mmap_threshold, 64 << 20)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def list_images(folder: str, limit: int) -> List[str]:
@@ -185,6 +217,7 @@ def time_device_part(cfg, files: List[str], device: str, batch: int, rounds: int
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
+    heap = steady_heap() if args.steady_heap else False
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -200,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         f"{len(files)} images from {args.images}; {n_out} crops per image: "
         f"{list(s.NUM_CROPS)} x {list(s.CROP_SIZES)} + 2 views x grids {list(s.GRIDS)} "
         f"(patches {list(s.PATCH_SIZES)}); {torch.get_num_threads()} thread(s), "
-        f"{args.rounds} rounds, min over rounds"
+        f"{args.rounds} rounds, min over rounds; steady heap: {'yes' if heap else 'no'}"
     )
     pipes = build_pipelines(cfg, args.modes)
     times = time_pipelines(pipes, files, args.rounds)
@@ -248,6 +281,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             "crops_per_image": n_out,
             "threads": torch.get_num_threads(),
             "rounds": args.rounds,
+            "steady_heap": heap,
             "torch": torch.__version__,
         },
         "results": results,

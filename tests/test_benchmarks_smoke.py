@@ -50,6 +50,7 @@ def test_bench_data_reports_ratios(images, tmp_path, capsys):
         assert results[name]["ratio_vs_reference"] > 0
         assert results[name]["images_per_s_per_core"] > 0
     assert out["settings"]["crops_per_image"] == 4 + 8 + 18
+    assert isinstance(out["settings"]["steady_heap"], bool)
     with open(out_json) as f:
         assert json.load(f)["results"].keys() == results.keys()
     printed = capsys.readouterr().out

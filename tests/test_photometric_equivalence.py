@@ -292,3 +292,29 @@ def test_loader_and_model_paths_agree(photo, resample):
             diff = (ua.float() - y).abs()
             assert diff.max() <= 1, (seed, i)
             assert (diff > 0).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("as_uint8", [True, False])
+def test_chunked_apply_matches_one_batch(photo, monkeypatch, as_uint8):
+    """CPU chunks (each written into the output buffer in input order) give the result of one
+    batch; grey images are blurred as one channel, as the three equal channels would be."""
+    g = torch.Generator().manual_seed(11)
+    image = torch.from_numpy(photo).permute(2, 0, 1)
+    tops = torch.randint(0, 512 - 40, (20, 2), generator=g)
+    x = torch.stack([image[:, t : t + 40, lf : lf + 40] for t, lf in tops.tolist()])
+    x = x if as_uint8 else x.float() / 255
+    params = P.sample_photometric_params(20, generator=g)
+    params[:3, P.GRAY_ON], params[:3, P.BLUR_ON] = 1.0, 1.0  # some blurred grey images
+    whole = P.apply_photometric(x, params)
+    monkeypatch.setattr(P, "CPU_CHUNK_ELEMENTS", 3 * 40 * 40 * 6)  # 4 chunks
+    chunked = P.apply_photometric(x, params)
+    assert chunked.dtype == whole.dtype and not chunked.is_inference()
+    assert (chunked.float() - whole.float()).abs().max() <= (1 if as_uint8 else 1e-5)
+    ref = _reference_apply(x.float() / 255 if as_uint8 else x, params)
+    ref = (ref * 255).round() if as_uint8 else ref
+    assert (chunked.float() - ref).abs().max() <= (1 if as_uint8 else 5e-3)
+
+
+def test_truncate_to_uint8_matches_direct_conversion():
+    x = torch.cat([torch.rand(10000) * 256, torch.arange(0, 256, 0.25)]).clamp_(0, 255.999)
+    assert torch.equal(P.truncate_to_uint8(x), x.to(torch.uint8))

@@ -104,3 +104,32 @@ def test_resized_crop_box_distribution():
     )
     assert abs(float(areas.mean() - ref.mean())) < 0.02
     assert abs(float(areas.std() - ref.std())) < 0.02
+
+
+def test_read_rgb_tensor_matches_detectron2_read_image(tmp_path):
+    """The torchvision JPEG path and the PIL fallback give read_image's pixels (EXIF
+    orientation, grayscale, PNG), HWC-backed; an unreadable file gives None."""
+    import numpy as np
+    from detectron2.data.detection_utils import read_image
+    from PIL import Image
+
+    from ssprl_d2.data.pyramid_mapper import read_rgb_tensor
+
+    yy, xx = np.mgrid[0:40, 0:56]
+    arr = np.stack([yy * 6, xx * 4, (yy + xx) * 2], axis=-1).astype(np.uint8)
+    img = Image.fromarray(arr)
+    img.save(tmp_path / "rgb.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    img.save(tmp_path / "rotated.jpg", quality=90, exif=exif)
+    img.convert("L").save(tmp_path / "gray.jpg", quality=90)
+    img.save(tmp_path / "rgb.png")
+    for name in ("rgb.jpg", "rotated.jpg", "gray.jpg", "rgb.png"):
+        path = str(tmp_path / name)
+        out = read_rgb_tensor(path)
+        assert out.dtype == torch.uint8 and out.shape[0] == 3
+        assert out.permute(1, 2, 0).is_contiguous()
+        assert torch.equal(out.permute(1, 2, 0), torch.from_numpy(read_image(path, "RGB"))), name
+    assert read_rgb_tensor(str(tmp_path / "rotated.jpg")).shape[1:] == (56, 40)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 10)
+    assert read_rgb_tensor(str(tmp_path / "bad.jpg")) is None

@@ -56,16 +56,19 @@ def sample_photometric_params(
     1 = contrast, 2 = saturation, 3 = hue).
     """
     g = generator
-    p = torch.zeros(n, NUM_PARAMS)
-    p[:, JITTER_ON] = (torch.rand(n, generator=g) < jitter_prob).float()
-    for col, v in zip((BRIGHTNESS, CONTRAST, SATURATION), jitter[:3]):
+    # Columns in layout order (the draws keep their historical order: the same stream), then
+    # one concatenation instead of a column assignment each.
+    cols = [(torch.rand(n, generator=g) < jitter_prob).float()]  # JITTER_ON
+    for v in jitter[:3]:  # BRIGHTNESS, CONTRAST, SATURATION
         lo, hi = max(0.0, 1.0 - v), 1.0 + v
-        p[:, col] = lo + (hi - lo) * torch.rand(n, generator=g)
-    p[:, HUE] = (torch.rand(n, generator=g) * 2 - 1) * jitter[3]
-    p[:, ORDER] = torch.argsort(torch.rand(n, 4, generator=g), dim=1).float()
-    p[:, GRAY_ON] = (torch.rand(n, generator=g) < grayscale_prob).float()
-    p[:, BLUR_ON] = (torch.rand(n, generator=g) < blur_prob).float()
-    p[:, SIGMA] = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * torch.rand(n, generator=g)
+        cols.append(lo + (hi - lo) * torch.rand(n, generator=g))
+    cols.append((torch.rand(n, generator=g) * 2 - 1) * jitter[3])  # HUE
+    order = torch.argsort(torch.rand(n, 4, generator=g), dim=1).float()  # ORDER
+    cols.append((torch.rand(n, generator=g) < grayscale_prob).float())  # GRAY_ON
+    cols.append((torch.rand(n, generator=g) < blur_prob).float())  # BLUR_ON
+    lo, hi = blur_sigma
+    cols.append(lo + (hi - lo) * torch.rand(n, generator=g))  # SIGMA
+    p = torch.cat([torch.stack(cols[:5], dim=1), order, torch.stack(cols[5:], dim=1)], dim=1)
     return p
 
 
@@ -115,7 +118,8 @@ def adjust_contrast_(
 def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
     """In place: blend each image with its grayscale image, then clamp."""
     gray = _gray(x).mul_(_view(1 - factor))
-    return x.mul_(_view(factor)).add_(gray).clamp_(0, bound)
+    # x * f + (1 - f) * gray in one pass.
+    return torch.addcmul(gray, x, _view(factor), out=x).clamp_(0, bound)
 
 
 def adjust_hue(
@@ -127,28 +131,32 @@ def adjust_hue(
     Equal to RGB -> HSV, h += shift (mod 1), HSV -> RGB (torchvision's ``adjust_hue``) without
     materialising HSV: with max M, min m, delta d = M - m and u = 6 h mod 6, output channel c is
     ``M - d * clamp(2 - dist(u, centre_c), 0, 1)`` with the circular distance on [0, 6) and
-    centres 3 (red), 5 (green), 1 (blue). ``out`` may be ``x`` itself (in place).
+    centres 3 (red), 5 (green), 1 (blue). Ties between channels resolve as torchvision's
+    (red, then green, then blue). ``out`` may be ``x`` itself (in place).
     """
     r, g, b = x.unbind(1)
     maxc = x.amax(dim=1)  # (N, H, W)
     delta = maxc - x.amin(dim=1)
-    # Indicators "channel is the max" as floats (bool kernels are slow on CPU): 1 when equal,
-    # 0 when below by more than 1e-6; in between, the two sextant formulas agree to ~1e-6.
-    is_r = (r - maxc).mul_(1e6).add_(1).clamp_(0, 1)
-    is_g = (g - maxc).mul_(1e6).add_(1).clamp_(0, 1).mul_(1 - is_r)
-    h6 = (r - g).add_(delta, alpha=4)  # max b: 6 h = 4 + (r - g) / d
-    h6.addcmul_(is_r, (g - b).sub_(h6))  # max r: (g - b) / d
-    h6.addcmul_(is_g, (b - r).add_(delta, alpha=2).sub_(h6))  # max g: 2 + (b - r) / d
+    # Indicators "channel is the max" as floats (bool kernels are slow on CPU), scaled by 1e-6
+    # (and used with value=1e6): 1 when equal, 0 when below by more than 1e-6; in between, the
+    # two sextant formulas agree to ~1e-6.
+    is_r = torch.sub(r, maxc).add_(1e-6).clamp_min_(0)
+    is_g = torch.sub(g, maxc).add_(1e-6).clamp_min_(0)
+    h6 = torch.sub(r, g).add_(delta, alpha=4)  # max b: 6 h = 4 + (r - g) / d
+    t = torch.sub(b, r).add_(delta, alpha=2)  # max g: 2 + (b - r) / d
+    h6.addcmul_(is_g, t.sub_(h6), value=1e6)  # g takes precedence over b
+    torch.sub(g, b, out=t)  # max r: (g - b) / d
+    h6.addcmul_(is_r, t.sub_(h6), value=1e6)  # r over g and b
     h6.div_(delta.clamp_min(1e-12)).add_(6 * shift.view(-1, 1, 1))
-    h6.add_(torch.floor(h6 * (1 / 6)), alpha=-6)  # mod 6 (torch.remainder is slow on CPU)
-    base = maxc.sub_(delta, alpha=2)  # M - 2 d: out = base + d * clamp(dist, 1, 2)
-    centres = _constant((3.0, 5.0, 1.0), x).view(1, 3, 1, 1)
-    dist = (h6.unsqueeze(1) - centres).abs_()  # (N, 3, H, W)
-    # Circular distance on [0, 6) (for red, |u - 3| <= 3 already is).
-    dist = torch.minimum(dist, 6 - dist).clamp_(1, 2)
-    if out is None:
-        return torch.addcmul(base.unsqueeze(1), delta.unsqueeze(1), dist)
-    return torch.addcmul(base.unsqueeze(1), delta.unsqueeze(1), dist, out=out)
+    h6.sub_(torch.floor(h6 * (1 / 6)).mul_(6))  # mod 6 (torch.remainder is slow on CPU)
+    top = maxc.add_(delta)  # M + d
+    # The circular distance on [0, 6) is 3 - ||u - centre| - 3|, so
+    # out_c = M - 2 d + d * clamp(3 - q_c, 1, 2) = M + d - d * clamp(q_c, 1, 2) with
+    # q_c = ||u - centre_c| - 3|. x itself is no longer read from here on.
+    out = torch.empty_like(x) if out is None else out
+    torch.sub(h6.unsqueeze(1), _constant((3.0, 5.0, 1.0), x).view(1, 3, 1, 1), out=out)
+    out.abs_().sub_(3).abs_().clamp_(1, 2)
+    return torch.addcmul(top.unsqueeze(1), delta.unsqueeze(1), out, value=-1, out=out)
 
 
 # ---------------------------------------------------------------------------- blur
@@ -231,39 +239,55 @@ class _Stage(NamedTuple):
 
 
 def _plan(params: np.ndarray) -> List[_Stage]:
-    """Host-side plan (numpy, cheap): five stages, the images sorted by their op at each.
+    """Host-side plan (cheap): five stages, the images sorted by their op at each.
 
     Stages 0-3 are the jitter steps (op 0 brightness, 1 contrast, 2 saturation, 3 hue,
-    4 none); stage 4 orders the images [blur + gray, blur, gray, none] (0..3).
+    4 none); stage 4 orders the images [blur + gray, blur, gray, none] (0..3). Plain Python
+    on the few rows of a batch (numpy's per-call cost dominates at this size).
     """
     order = params[:, ORDER].astype(np.int64)
     order[params[:, JITTER_ON] <= 0.5] = 4
     last = 2 * (params[:, BLUR_ON] <= 0.5) + (params[:, GRAY_ON] <= 0.5)
-    keys = list(order.T) + [last.astype(np.int64)]
-    current = np.arange(params.shape[0])
+    keys = order.T.tolist() + [last.tolist()]
+    n = params.shape[0]
+    identity = list(range(n))
+    current = identity
     stages = []
     for key in keys:
-        key = key[current]
-        sort = np.argsort(key, kind="stable")
-        if (sort[1:] > sort[:-1]).all():  # already sorted
-            sort = None
+        key = [key[i] for i in current]
+        sort = sorted(identity, key=key.__getitem__)  # stable
+        if sort == identity:
+            sort_array = None
         else:
-            current, key = current[sort], key[sort]
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=5))]).tolist()
-        stages.append(_Stage(sort, current, bounds))
+            current = [current[i] for i in sort]
+            key = [key[i] for i in sort]
+            sort_array = np.array(sort)
+        bounds = [0] * 6
+        for k in key:
+            bounds[k + 1] += 1
+        for k in range(5):
+            bounds[k + 1] += bounds[k]
+        stages.append(_Stage(sort_array, np.array(current), bounds))
     return stages
 
 
-def _adjust_(x: torch.Tensor, op: int, p: torch.Tensor, bound: float) -> None:
-    """Jitter op ``op`` on x in place (p: the images' parameter rows)."""
+def _column(p, col: int) -> torch.Tensor:
+    """Column ``col`` of parameter rows ``p`` (a tensor, or a numpy array on the CPU)."""
+    if isinstance(p, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(p[:, col]))
+    return p[:, col]
+
+
+def _adjust_(x: torch.Tensor, op: int, p, bound: float) -> None:
+    """Jitter op ``op`` on x in place (p: the images' parameter rows, tensor or numpy)."""
     if op == 0:
-        adjust_brightness_(x, p[:, BRIGHTNESS], bound)
+        adjust_brightness_(x, _column(p, BRIGHTNESS), bound)
     elif op == 1:
-        adjust_contrast_(x, p[:, CONTRAST], bound)
+        adjust_contrast_(x, _column(p, CONTRAST), bound)
     elif op == 2:
-        adjust_saturation_(x, p[:, SATURATION], bound)
+        adjust_saturation_(x, _column(p, SATURATION), bound)
     else:
-        adjust_hue(x, p[:, HUE], out=x)
+        adjust_hue(x, _column(p, HUE), out=x)
 
 
 def _apply(x: torch.Tensor, params: torch.Tensor, host: np.ndarray, bound: float, owned: bool):
@@ -280,23 +304,34 @@ def _apply(x: torch.Tensor, params: torch.Tensor, host: np.ndarray, bound: float
         elif not owned:
             x, owned = x.clone(), True
         b = stage.bounds
-        p = params[torch.from_numpy(stage.order).to(dev)] if s < 4 else None
         if s < 4:
+            # The images' parameter rows; on the CPU straight from the host copy (numpy),
+            # which saves a few tiny tensor ops per call.
+            if dev.type == "cpu":
+                p = host[stage.order]
+            else:
+                p = params[torch.from_numpy(stage.order).to(dev)]
             for op in range(4):
                 if b[op + 1] > b[op]:
                     _adjust_(x[b[op] : b[op + 1]], op, p[b[op] : b[op + 1]], bound)
             continue
-        # [blur + gray][blur][gray][none]: grayscale on two slices, blur on the first two.
-        for lo, hi in ((b[0], b[1]), (b[2], b[3])):
-            if hi > lo:
-                x[lo:hi] = _gray(x[lo:hi])
-        if b[2]:
-            sigma = host[stage.order[: b[2]], SIGMA]
-            radius = blur_radius(float(sigma.max()))
-            k = torch.from_numpy(_host_kernels(sigma, radius)).to(dev)
-            pad_mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
-            x[: b[2]] = _blur(x[: b[2]], k, radius, pad_mode)
+        # [blur + gray][blur][gray][none]. Grey images are blurred as one channel.
+        sigma = host[stage.order, SIGMA]
+        if b[1] > b[0]:
+            x[: b[1]] = _blur_host_sigma(_gray(x[: b[1]]), sigma[: b[1]])
+        if b[2] > b[1]:
+            x[b[1] : b[2]] = _blur_host_sigma(x[b[1] : b[2]], sigma[b[1] : b[2]])
+        if b[3] > b[2]:
+            x[b[2] : b[3]] = _gray(x[b[2] : b[3]])
     return x, stages[-1].order
+
+
+def _blur_host_sigma(x: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
+    """:func:`gaussian_blur` of (N, C, H, W) float ``x`` with host (numpy) sigmas."""
+    radius = blur_radius(float(sigma.max()))
+    k = torch.from_numpy(_host_kernels(sigma, radius)).to(x.device)
+    pad_mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
+    return _blur(x, k, radius, pad_mode)
 
 
 def _host_kernels(sigma: np.ndarray, radius: int) -> np.ndarray:
@@ -328,14 +363,20 @@ def apply_photometric(x: torch.Tensor, params: torch.Tensor, inplace: bool = Fal
     if chunks <= 1 or n <= 1:
         return _apply_photometric(x, params, inplace)
     bounds = np.linspace(0, n, min(n, chunks) + 1).round().astype(int).tolist()
-    parts = [
-        _apply_photometric(x[lo:hi], params[lo:hi], inplace) for lo, hi in zip(bounds, bounds[1:])
-    ]
-    return torch.cat(parts)
+    dtype = torch.uint8 if x.dtype == torch.uint8 else torch.float32
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    for lo, hi in zip(bounds, bounds[1:]):
+        _apply_photometric(x[lo:hi], params[lo:hi], inplace, out=out[lo:hi])
+    return out
 
 
-def _apply_photometric(x: torch.Tensor, params: torch.Tensor, inplace: bool) -> torch.Tensor:
+def _apply_photometric(
+    x: torch.Tensor, params: torch.Tensor, inplace: bool, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """One chunk of :func:`apply_photometric`; the result goes into ``out`` when given."""
     as_uint8 = x.dtype == torch.uint8
+    if out is not None and x.shape[0] == 0:
+        return out
     host = params.detach().to("cpu", torch.float32).numpy()
     if x.shape[0] == 0:
         return x.clone() if as_uint8 else x.to(torch.float32, copy=not inplace)
@@ -352,8 +393,28 @@ def _apply_photometric(x: torch.Tensor, params: torch.Tensor, inplace: bool) -> 
         else:
             x, order = _apply(x, params, host, bound, inplace)
         if as_uint8:
-            # Values are in [0, 255]: +0.5 then truncation rounds to the nearest integer.
-            x = x.add_(0.5).to(torch.uint8)
-    if (order[1:] > order[:-1]).all():
-        return x.clone() if x.is_inference() else x
-    return x.index_select(0, torch.from_numpy(np.argsort(order)).to(x.device))
+            x.add_(0.5)  # then truncation rounds half up (values are in [0, 255])
+    # Outside inference mode, the next out-of-place op (rounding, restoring the input order)
+    # gives an ordinary tensor; a copy is needed only when there is none.
+    with torch.no_grad():
+        if as_uint8:
+            x = truncate_to_uint8(x)
+        if (order[1:] > order[:-1]).all():
+            if out is not None:
+                return out.copy_(x)
+            return x.clone() if x.is_inference() else x
+        # Back to the input order (straight into the caller's buffer when given; index_copy_
+        # would be the natural op but is ~20x slower on the CPU).
+        inverse = torch.from_numpy(np.argsort(order)).to(x.device)
+        if out is not None:
+            return torch.index_select(x, 0, inverse, out=out)
+        return x.index_select(0, inverse)
+
+
+def truncate_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float values in [0, 256) -> uint8, truncated (``x.to(torch.uint8)``).
+
+    Goes through int16: PyTorch's direct float -> uint8 conversion is not vectorised on the
+    CPU and costs ~4x more than the two conversions.
+    """
+    return x.to(torch.int16).to(torch.uint8)
