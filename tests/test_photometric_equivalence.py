@@ -233,6 +233,23 @@ def test_blur_matches_torchvision_and_pil(batch, sigma):
     assert mae < 1.5
 
 
+@pytest.mark.parametrize("size", [4, 40])  # replicate padding (smaller than a kernel), reflect
+def test_blur_conv_path_mixed_sigmas(size):
+    """The batched convolution path (more than 6 channels; channels-last on the CPU), each image
+    with its own sigma, equals torchvision image by image; the result is contiguous."""
+    x = torch.rand(5, 3, size, size + 3)
+    sigma = torch.tensor([0.1, 0.6, 1.1, 1.7, 2.0])
+    ours = P.gaussian_blur(x, sigma)
+    assert ours.is_contiguous()
+    internal = P._blur_host_sigma(x, sigma.numpy())  # the loader's entry point
+    for i, s in enumerate(sigma.tolist()):
+        k = 2 * math.ceil(3 * s) + 1
+        if size > 6:  # the batch kernel radius: reflect padding
+            ref = TF.gaussian_blur(x[i], [k, k], [s, s])
+            torch.testing.assert_close(ours[i], ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(internal[i], ours[i], atol=1e-6, rtol=0)
+
+
 def _reference_apply(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Per image, torchvision's functional ops in the drawn order (float, [0, 1])."""
     out = []
