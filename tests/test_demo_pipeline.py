@@ -130,3 +130,20 @@ def test_run_tool_logs_plain_text_and_reports_progress(tmp_path):
     text = log.read_text()
     assert "\x1b" not in text and "MODEL: x" in text
     assert seen == ["iter 20, eta 0:01:02"]
+
+
+def test_editing_a_config_or_its_base_reruns_the_stage(tmp_path):
+    from ssprl_d2.engine.demo import DemoStage, _stages_to_run, config_fingerprint
+
+    base, leaf = tmp_path / "Base.yaml", tmp_path / "leaf.yaml"
+    base.write_text("SOLVER:\n  BASE_LR: 0.1\n")
+    leaf.write_text('_BASE_: "Base.yaml"\nSOLVER:\n  MAX_ITER: 10\n')
+    product = tmp_path / "model_final.pth"
+    product.write_text("x")
+    stage = DemoStage(name="s", title="t", argv=["tools/train_net.py", "--config-file", str(leaf)],
+                      product=str(product), estimate_s=1.0)
+    state = {"s": {"argv": stage.argv, "configs": config_fingerprint(stage.argv), "finished": 1}}
+    assert _stages_to_run([stage], state, redo=False) == {"s": False}
+    base.write_text("SOLVER:\n  BASE_LR: 0.2\n")  # an edit two files away
+    assert _stages_to_run([stage], state, redo=False) == {"s": True}
+    assert config_fingerprint(["tools/convert_to_d2.py", "a", "b"]) is None

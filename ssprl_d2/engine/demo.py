@@ -9,6 +9,7 @@ ran after it. ``OUTPUT/stages.json`` records commands and run times.
 Results go to ``OUTPUT/results.json`` and ``OUTPUT/results.md`` (rewritten after every stage, so
 an interrupted run still leaves a partial table).
 """
+import hashlib
 import json
 import logging
 import os
@@ -405,8 +406,8 @@ def run_demo(
             )
         est_done += stage.estimate_s
         ran_now[stage.name] = seconds
-        state[stage.name] = {"argv": stage.argv, "seconds": round(seconds, 1),
-                             "finished": time.time()}
+        state[stage.name] = {"argv": stage.argv, "configs": config_fingerprint(stage.argv),
+                             "seconds": round(seconds, 1), "finished": time.time()}
         _dump_json(state, state_file)
         log(f"[demo]   {stage.name} done in {format_duration(seconds)} (log: {log_file})")
         write_results(out, stages, state, ran_now, tiny)
@@ -427,7 +428,8 @@ def run_demo(
 
 def _stages_to_run(stages: Sequence[DemoStage], state: Dict, redo: bool) -> Dict[str, bool]:
     """Which stages run: all with ``redo``; else those without their product, with another
-    command than last time, or downstream of a stage that runs or ran after them."""
+    command or other config-file contents than last time, or downstream of a stage that runs or
+    ran after them."""
     will_run: Dict[str, bool] = {}
     for stage in stages:
         prev = state.get(stage.name, {})
@@ -435,9 +437,36 @@ def _stages_to_run(stages: Sequence[DemoStage], state: Dict, redo: bool) -> Dict
             will_run.get(d) or state.get(d, {}).get("finished", 0) > prev.get("finished", 0)
             for d in stage.deps
         )
-        done = os.path.isfile(stage.product) and prev.get("argv") == stage.argv and not stale
+        done = (
+            os.path.isfile(stage.product)
+            and prev.get("argv") == stage.argv
+            and prev.get("configs") == config_fingerprint(stage.argv)
+            and not stale
+        )
         will_run[stage.name] = redo or not done
     return will_run
+
+
+def config_fingerprint(argv: Sequence[str]) -> Optional[str]:
+    """SHA-1 of the contents of the ``--config-file`` in ``argv`` and of its ``_BASE_`` chain
+    (None without a config file), so that editing a YAML reruns the stages that use it."""
+    if "--config-file" not in argv:
+        return None
+    digest = hashlib.sha1()
+    todo = [os.path.join(REPO_ROOT, argv[list(argv).index("--config-file") + 1])]
+    while todo:
+        path = todo.pop()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            digest.update(f"missing:{path}".encode())
+            continue
+        digest.update(data)
+        match = re.search(rb"^_BASE_:\s*[\"']?([^\"'\s#]+)", data, re.M)
+        if match:
+            todo.append(os.path.join(os.path.dirname(path), match.group(1).decode()))
+    return digest.hexdigest()
 
 
 def _read(path: str) -> str:
