@@ -7,6 +7,8 @@ import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 
+from ssprl_d2.engine.setup import finish_distributed
+
 from pretrain_utils import TINY_OPTS, config_path, write_image_folder
 
 
@@ -25,6 +27,7 @@ def _sinkhorn_worker(out_dir):
     dist.all_reduce(col)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"max_err": float((q_dist - q_single).abs().max()), "col": col.tolist()}, f)
+    finish_distributed()
 
 
 def test_all_reduced_sinkhorn_equals_single_process(tmp_path):
@@ -62,6 +65,7 @@ def _train_worker(folder, out_dir):
     if comm.is_main_process():
         with open(os.path.join(out_dir, "done.json"), "w") as f:
             json.dump({"iter": trainer.iter}, f)
+    finish_distributed()
 
 
 def test_two_process_training(tmp_path):

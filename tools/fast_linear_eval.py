@@ -12,11 +12,13 @@ import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datas
 from detectron2.engine import default_argument_parser, launch
 
 from ssprl_d2.engine.fast_linear import run_fast_linear
-from ssprl_d2.engine.setup import setup
+from ssprl_d2.engine.setup import finish_distributed, setup
 
 
 def main(args):
-    return run_fast_linear(setup(args))
+    result = run_fast_linear(setup(args))
+    finish_distributed()
+    return result
 
 
 if __name__ == "__main__":

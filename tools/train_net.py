@@ -13,10 +13,16 @@ import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datas
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
-from ssprl_d2.engine import Trainer, setup, task_of
+from ssprl_d2.engine import Trainer, finish_distributed, setup, task_of
 
 
 def main(args):
+    result = run(args)
+    finish_distributed()
+    return result
+
+
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

@@ -1,2 +1,2 @@
-from .setup import setup, task_of  # noqa: F401
+from .setup import finish_distributed, setup, task_of  # noqa: F401
 from .trainer import Trainer  # noqa: F401

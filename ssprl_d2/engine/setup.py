@@ -2,6 +2,8 @@
 import logging
 import math
 
+import torch.distributed as dist
+
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -14,6 +16,18 @@ logger = logging.getLogger(__name__)
 TASK_PRETRAIN = "pretrain"
 TASK_CLASSIFY = "classification"
 TASK_DETECT = "detection"
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then destroy the process group (no-op without one).
+
+    Call it at the end of a function started by Detectron2's ``launch``, which leaves the group
+    alive: with gloo, a rank that exits while its peer still tears down its connections can
+    abort ("terminate called without an active exception").
+    """
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
 
 
 def task_of(cfg: CfgNode) -> str:
