@@ -6,7 +6,9 @@ Measures, on the same JPEG files (decoding included), in one process with one th
 - ``reference``: the release recipe with PIL + torchvision transforms, one crop at a time
   (benchmarks/reference_pipeline.py);
 - ``loader/interpolate``, ``loader/roi_align``: ssprl_d2's mapper with all augmentation in the
-  loader (``INPUT.SSPRL.PHOTOMETRIC_ON loader``), for both resampling modes;
+  loader (``INPUT.SSPRL.PHOTOMETRIC_ON loader``, default ``LOADER_KERNEL numba``), for both
+  resampling modes; ``loader-torch/interpolate``: the same with ``LOADER_KERNEL torch`` (the
+  batched torch ops that the model runs on the device);
 - ``model/interpolate``, ``model/roi_align``: the CPU part of the mapper when photometric
   augmentation runs on the training device (``PHOTOMETRIC_ON model``);
 - optionally ``device part``: that photometric augmentation plus normalisation, batched as
@@ -38,7 +40,13 @@ from reference_pipeline import ReferencePyramidPipeline  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "ssprl_pretrain.yaml")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
-MODES = ("loader/interpolate", "loader/roi_align", "model/interpolate", "model/roi_align")
+MODES = (
+    "loader/interpolate",
+    "loader/roi_align",
+    "loader-torch/interpolate",
+    "model/interpolate",
+    "model/roi_align",
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -133,6 +141,8 @@ def build_pipelines(cfg, modes) -> Dict[str, Callable[[str, int], object]]:
     for mode in modes:
         photometric_on, resample = mode.split("/")
         c = cfg.clone()
+        if photometric_on == "loader-torch":
+            photometric_on, c.INPUT.SSPRL.LOADER_KERNEL = "loader", "torch"
         c.INPUT.SSPRL.PHOTOMETRIC_ON = photometric_on
         c.INPUT.SSPRL.RESAMPLE = resample
         mapper = PyramidDatasetMapper(c)

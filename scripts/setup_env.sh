@@ -42,7 +42,7 @@ fi
 log "installing runtime dependencies"
 "${PIP[@]}" install -q "setuptools<81" wheel "numpy>=1.24" "fvcore>=0.1.5" "iopath>=0.1.9" \
   "pycocotools>=2.0.6" yacs termcolor tabulate cloudpickle tqdm tensorboard "omegaconf>=2.1" \
-  "hydra-core>=1.1" matplotlib Pillow "scikit-learn>=1.2" "scikit-image>=0.21" "pytest>=7" "pytest-xdist>=3" flake8 \
+  "hydra-core>=1.1" matplotlib Pillow "numba>=0.59" "scikit-learn>=1.2" "scikit-image>=0.21" "pytest>=7" "pytest-xdist>=3" flake8 \
   || die "installing the runtime dependencies failed"
 
 if "$PY" -c "import detectron2.modeling, detectron2.engine" 2>/dev/null; then
@@ -73,7 +73,7 @@ log "installing ssprl_d2 in editable mode"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT" || die "pip install -e $ROOT failed"
 
 "$PY" - <<'PYEOF' || die "the environment does not import (see the traceback above)"
-import torch, torchvision, detectron2, fvcore, iopath, pycocotools  # noqa: F401
+import torch, torchvision, detectron2, fvcore, iopath, pycocotools, numba  # noqa: F401
 from detectron2.modeling import build_model  # noqa: F401
 import ssprl_d2  # noqa: F401
 print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}, "

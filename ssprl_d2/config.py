@@ -110,6 +110,9 @@ def _add_pretrain_input_config(cfg: CN) -> None:
     # Where photometric augmentation runs: "loader" (CPU workers) or "model" (batched on the
     # training device, parameters still drawn per crop by the loader).
     _C.INPUT.SSPRL.PHOTOMETRIC_ON = "model"
+    # Implementation of loader-side photometric augmentation (PHOTOMETRIC_ON loader): "numba"
+    # (one compiled pass per crop, ~3x cheaper) or "torch" (the batched torch ops the model uses).
+    _C.INPUT.SSPRL.LOADER_KERNEL = "numba"
     # Resampling of crops: "interpolate" (antialiased bilinear per crop) or "roi_align" (all crops
     # of one size in one batched op).
     _C.INPUT.SSPRL.RESAMPLE = "interpolate"

@@ -44,7 +44,8 @@ def test_bench_data_reports_ratios(images, tmp_path, capsys):
     )
     results = out["results"]
     assert set(results) >= {"reference", "loader/interpolate", "loader/roi_align",
-                            "model/interpolate", "model/roi_align", "device_part"}
+                            "loader-torch/interpolate", "model/interpolate", "model/roi_align",
+                            "device_part"}
     assert results["reference"]["ratio_vs_reference"] == pytest.approx(1.0)
     for name in ("loader/interpolate", "model/roi_align"):
         assert results[name]["ratio_vs_reference"] > 0

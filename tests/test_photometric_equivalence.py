@@ -7,7 +7,8 @@ Pixels for fixed parameters: resampling vs ``PIL.Image.resize(BILINEAR)`` of the
 < 2.5, it anti-aliases with a box instead of PIL's triangle filter); every photometric op vs
 ``torchvision.transforms.functional`` (blur: ``gaussian_blur`` with kernel size
 2 ceil(3 sigma) + 1, and PIL's ``GaussianBlur(radius=sigma)`` of the release within 1.5 grey
-levels); the loader-side vs model-side paths (equal up to uint8 rounding).
+levels); the loader-side vs model-side paths (equal up to uint8 rounding); the loader's numba
+kernel vs the torch implementation and torchvision (equal up to uint8 rounding).
 """
 import math
 from collections import Counter
@@ -21,6 +22,7 @@ from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from ssprl_d2.data import photometric as P
+from ssprl_d2.data import photometric_numba as PN
 from ssprl_d2.data.pyramid_mapper import (
     PyramidDatasetMapper,
     resized_crop,
@@ -292,10 +294,11 @@ def test_apply_photometric_matches_per_image_torchvision(photo):
     assert out8.dtype == torch.uint8 and (out8.float() - ref8).abs().max() <= 1
 
 
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("resample", ["interpolate", "roi_align"])
-def test_loader_and_model_paths_agree(photo, resample):
+def test_loader_and_model_paths_agree(photo, resample, kernel):
     image = torch.from_numpy(photo).permute(2, 0, 1)
-    loader = _mapper(photometric_on="loader", resample=resample)
+    loader = _mapper(photometric_on="loader", resample=resample, loader_kernel=kernel)
     model = _mapper(photometric_on="model", resample=resample)
     for seed in range(3):
         a = loader.map_image(image, torch.Generator().manual_seed(seed))
@@ -330,6 +333,87 @@ def test_chunked_apply_matches_one_batch(photo, monkeypatch, as_uint8):
     ref = _reference_apply(x.float() / 255 if as_uint8 else x, params)
     ref = (ref * 255).round() if as_uint8 else ref
     assert (chunked.float() - ref).abs().max() <= (1 if as_uint8 else 5e-3)
+
+
+# ---------------------------------------------------------------------------- numba kernel
+def _photo_crops(photo, n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.from_numpy(photo).permute(2, 0, 1)
+    tops = torch.randint(0, 512 - max(h, w), (n, 2), generator=g)
+    return torch.stack([image[:, t : t + h, lf : lf + w] for t, lf in tops.tolist()])
+
+
+def _only(params: torch.Tensor, op: str) -> torch.Tensor:
+    """Rows that run just ``op`` (jitter steps other than ``op`` off or neutral)."""
+    p = params.clone()
+    p[:, P.GRAY_ON] = float(op == "gray")
+    p[:, P.BLUR_ON] = float(op == "blur")
+    p[:, P.JITTER_ON] = float(op in ("brightness", "contrast", "saturation", "hue"))
+    for name, col in (("brightness", P.BRIGHTNESS), ("contrast", P.CONTRAST),
+                      ("saturation", P.SATURATION)):
+        if name != op:
+            p[:, col] = 1.0
+    if op != "hue":
+        p[:, P.HUE] = 0.0
+    return p
+
+
+@pytest.mark.parametrize(
+    "op", ["brightness", "contrast", "saturation", "hue", "gray", "blur", "all"]
+)
+def test_numba_kernel_matches_torch_and_torchvision(photo, op):
+    """Each op alone and the whole chain, on a non-square crop size: the numba kernel equals
+    the torch implementation and torchvision's ops up to uint8 rounding."""
+    x = _photo_crops(photo, 24, 40, 56, seed=3)
+    params = P.sample_photometric_params(24, generator=torch.Generator().manual_seed(4))
+    if op != "all":
+        params = _only(params, op)
+    ours = PN.apply_photometric_numba(x, params)
+    assert ours.dtype == torch.uint8 and ours.shape == x.shape
+    torch_path = P.apply_photometric(x, params)
+    diff = (ours.int() - torch_path.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, op
+    ref = (_reference_apply(x.float() / 255, params) * 255).round()
+    diff = (ours.float() - ref).abs()
+    # torchvision's grey level weighs red 0.2989 where ours (PIL, ITU-R 601) uses 0.299.
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.02, op
+    if op != "all":
+        changed = (ours != x).any()
+        assert changed, f"{op} changed nothing"
+
+
+def test_numba_kernel_in_place_small_images_and_wide_sigma(photo):
+    """``out=x`` gives the out-of-place result; images no larger than the kernel radius use
+    replicate padding like the torch implementation; sigmas beyond the default range work."""
+    x = _photo_crops(photo, 6, 5, 7, seed=8)
+    params = P.sample_photometric_params(
+        6, generator=torch.Generator().manual_seed(9), blur_prob=1.0, blur_sigma=(2.0, 4.0)
+    )
+    expected = PN.apply_photometric_numba(x, params)
+    torch_path = P.apply_photometric(x, params)
+    assert (expected.int() - torch_path.int()).abs().max() <= 1
+    y = x.clone()
+    assert PN.apply_photometric_numba(y, params, out=y) is y
+    assert torch.equal(y, expected)
+    big = _photo_crops(photo, 3, 64, 64, seed=2)
+    wide = P.sample_photometric_params(
+        3, generator=torch.Generator().manual_seed(1), blur_prob=1.0, blur_sigma=(3.0, 5.0)
+    )
+    diff = (PN.apply_photometric_numba(big, wide).int() - P.apply_photometric(big, wide).int())
+    assert diff.abs().max() <= 1
+
+
+def test_numba_kernel_bad_input_and_missing_numba(monkeypatch):
+    params = P.sample_photometric_params(2)
+    with pytest.raises(ValueError, match="uint8"):
+        PN.apply_photometric_numba(torch.zeros(2, 3, 8, 8), params)
+    with pytest.raises(ValueError, match="LOADER_KERNEL"):
+        _mapper(photometric_on="loader", loader_kernel="cuda")
+    monkeypatch.setattr(PN, "NUMBA_AVAILABLE", False)
+    with pytest.raises(RuntimeError, match="pip install numba.*LOADER_KERNEL torch"):
+        _mapper(photometric_on="loader")
+    _mapper(photometric_on="loader", loader_kernel="torch")  # the fallback needs no numba
+    _mapper(photometric_on="model")  # neither does the device path
 
 
 def test_truncate_to_uint8_matches_direct_conversion():

@@ -34,6 +34,7 @@ from torchvision.ops import roi_align
 
 from .image_io import read_image_or_none
 from .photometric import apply_photometric, sample_photometric_params, truncate_to_uint8
+from .photometric_numba import apply_photometric_numba, warm_up_numba_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class PyramidDatasetMapper:
         blur_prob: float = 0.5,
         blur_sigma: Sequence[float] = (0.1, 2.0),
         photometric_on: str = "model",
+        loader_kernel: str = "numba",
         resample: str = "interpolate",
         image_format: str = "RGB",
     ):
@@ -208,6 +210,9 @@ class PyramidDatasetMapper:
             flip_prob, color_jitter, color_jitter_prob, grayscale_prob, blur_prob, blur_sigma:
                 the per-crop augmentation of SPEC section 2.
             photometric_on: "loader" (applied here) or "model" (parameters shipped).
+            loader_kernel: implementation used when ``photometric_on`` is "loader": "numba"
+                (:mod:`.photometric_numba`, one compiled pass per crop) or "torch"
+                (:func:`.photometric.apply_photometric`, the device implementation).
             resample: "interpolate" or "roi_align" (see the module docstring).
             image_format: format the image is read in (RGB).
         """
@@ -215,6 +220,14 @@ class PyramidDatasetMapper:
             raise ValueError(f"resample must be 'interpolate' or 'roi_align', got {resample!r}")
         if photometric_on not in ("loader", "model"):
             raise ValueError(f"photometric_on must be 'loader' or 'model', got {photometric_on!r}")
+        if loader_kernel not in ("numba", "torch"):
+            raise ValueError(
+                f"INPUT.SSPRL.LOADER_KERNEL must be 'numba' or 'torch', got {loader_kernel!r}"
+            )
+        if photometric_on == "loader" and loader_kernel == "numba":
+            # Fails here, at start-up, if numba is missing; compiles (or loads the cached
+            # machine code) once in this process, before data-loader workers fork from it.
+            warm_up_numba_kernel()
         self.crop_sizes = list(crop_sizes)
         self.num_crops = list(num_crops)
         self.crop_scales = list(zip(min_scales, max_scales))
@@ -235,6 +248,7 @@ class PyramidDatasetMapper:
         )
         self.blur_max = float(blur_sigma[1])
         self.photometric_on = photometric_on
+        self.loader_kernel = loader_kernel
         self.resample = resample
         self.image_format = image_format
 
@@ -260,6 +274,7 @@ class PyramidDatasetMapper:
             "blur_prob": s.BLUR_PROB,
             "blur_sigma": list(s.BLUR_SIGMA),
             "photometric_on": s.PHOTOMETRIC_ON,
+            "loader_kernel": s.LOADER_KERNEL,
             "resample": s.RESAMPLE,
             "image_format": cfg.INPUT.FORMAT if cfg.INPUT.FORMAT == "RGB" else "RGB",
         }
@@ -369,9 +384,17 @@ class PyramidDatasetMapper:
         return blocks
 
     def _photometric_by_size(self, blocks: List[torch.Tensor], params: torch.Tensor):
-        """Loader-side photometric: one batched call per output size; returns uint8 blocks."""
+        """Loader-side photometric on the blocks (canonical order); returns uint8 blocks.
+        The numba kernel takes each block in place; the torch one is batched per output size."""
         counts = [b.shape[0] for b in blocks]
-        starts = np.cumsum([0] + counts)
+        starts = np.cumsum([0] + counts).tolist()
+        if self.loader_kernel == "numba":
+            out = []
+            for b, lo, hi in zip(blocks, starts, starts[1:]):
+                if b.dtype != torch.uint8:
+                    b = _to_uint8(b)  # roi_align output (0-255 float)
+                out.append(apply_photometric_numba(b, params[lo:hi], out=b))
+            return out
         sizes = [b.shape[-1] for b in blocks]
         out: List[Optional[torch.Tensor]] = [None] * len(blocks)
         for size in dict.fromkeys(sizes):
@@ -397,7 +420,9 @@ class PyramidDatasetMapper:
         else:
             blocks, pyramids = self._render_interpolate(image, crop_groups, views)
         if self.photometric_on == "loader":
-            blocks, pyramids = self._photometric_by_size(blocks, params), None
+            blocks = self._photometric_by_size(blocks, params)
+            if self.loader_kernel != "numba":
+                pyramids = None  # the numba kernel wrote into the pyramid tensors in place
         else:
             blocks = [b if b.dtype == torch.uint8 else _to_uint8(b) for b in blocks]
         if self.resample == "roi_align":
