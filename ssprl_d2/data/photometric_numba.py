@@ -36,14 +36,23 @@ logger = logging.getLogger(__name__)
 try:
     import numba
 
-    _njit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
     NUMBA_AVAILABLE = True
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
     NUMBA_AVAILABLE = False
 
-    def _njit(fn):
+
+def _njit(fn):
+    """numba.njit with the machine code cached on disk (next to this file, else in numba's
+    user-wide cache directory); without a writable cache location, compiled per process."""
+    if not NUMBA_AVAILABLE:
         return fn
+    options = dict(nogil=True, error_model="numpy", fastmath=True)
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        logger.warning("numba cannot cache %s here; it is compiled in every process", fn.__name__)
+        return numba.njit(**options)(fn)
 
 
 _LR, _LG, _LB = 0.299, 0.587, 0.114  # ITU-R 601 luma, as photometric._LUMA
