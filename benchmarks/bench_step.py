@@ -213,6 +213,19 @@ def run_setting(args, settings: Dict, files: List[str], label: str) -> Dict:
     return result
 
 
+def run_setting_or_oom(args, settings: Dict, files: List[str], label: str) -> Dict:
+    """:func:`run_setting`; a run that does not fit in memory (e.g. the fp32 reference at the
+    paper's batch on a GPU) is reported as such instead of ending the benchmark."""
+    try:
+        return run_setting(args, settings, files, label)
+    except torch.OutOfMemoryError as e:
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {"label": label, **settings, "out_of_memory": True, "error": first_line[:160]}
+
+
 def run_with_loader(args, settings: Dict, step) -> Dict:
     """The step fed by ``build_pretrain_train_loader`` (end-to-end images/s)."""
     from detectron2.utils.events import EventStorage
@@ -269,8 +282,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     )
     runs = []
     if not args.no_baseline and measured != BASELINE:
-        runs.append(run_setting(args, dict(BASELINE), files, "reference"))
-    runs.append(run_setting(args, measured, files, "measured"))
+        runs.append(run_setting_or_oom(args, dict(BASELINE), files, "reference"))
+    runs.append(run_setting_or_oom(args, measured, files, "measured"))
     ref = runs[0]
     header = (
         f"{'run':10s} {'amp':5s} {'ch-last':7s} {'groups':10s} {'img/s':>8s} {'s/step':>8s} "
@@ -278,12 +291,21 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     )
     print(header + (f" {'e2e img/s':>10s}" if args.num_workers >= 0 else ""))
     for r in runs:
-        r["ratio_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
-        r["peak_ratio_vs_reference"] = r["peak_mib"] / ref["peak_mib"]
+        if r.get("out_of_memory"):
+            r["ratio_vs_reference"] = None
+            print(f"{r['label']:10s} {r['amp']:5s} {str(r['channels_last']):7s} "
+                  f"{r['group_crops']:10s} out of memory: {r['error']}")
+            continue
+        if ref.get("out_of_memory"):
+            r["ratio_vs_reference"] = r["peak_ratio_vs_reference"] = None
+        else:
+            r["ratio_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
+            r["peak_ratio_vs_reference"] = r["peak_mib"] / ref["peak_mib"]
+        ratio = "n/a" if r["ratio_vs_reference"] is None else f"{r['ratio_vs_reference']:.2f}x"
         line = (
             f"{r['label']:10s} {r['amp']:5s} {str(r['channels_last']):7s} {r['group_crops']:10s} "
             f"{r['images_per_s']:8.2f} {r['s_per_step']:8.3f} {r['peak_mib']:9.0f} "
-            f"{r['ratio_vs_reference']:6.2f}x"
+            f"{ratio:>7s}"
         )
         if "end_to_end_images_per_s" in r:
             e2e = r["end_to_end_images_per_s"]
@@ -305,7 +327,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             "torch": torch.__version__,
         },
         "runs": runs,
-        "ratio_vs_reference": runs[-1]["ratio_vs_reference"],
+        "ratio_vs_reference": runs[-1].get("ratio_vs_reference"),
     }
     if args.json:
         with open(args.json, "w") as f:

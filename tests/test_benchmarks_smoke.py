@@ -76,3 +76,29 @@ def test_bench_step_reports_ratios(images, tmp_path, capsys):
         assert r["last_loss"] == r["last_loss"]  # finite, not NaN
     assert out["ratio_vs_reference"] == runs[1]["ratio_vs_reference"]
     assert "vs ref" in capsys.readouterr().out
+
+
+def test_bench_step_survives_an_out_of_memory_reference(images, monkeypatch, capsys):
+    """A run that does not fit (the fp32 reference at the paper batch on a GPU) is reported
+    as out of memory and the measured run still runs and reports."""
+    import torch
+
+    bench = _load("bench_step")
+    real = bench.run_setting
+
+    def run_setting(args, settings, files, label):
+        if label == "reference":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(args, settings, files, label)
+
+    monkeypatch.setattr(bench, "run_setting", run_setting)
+    out = bench.main(
+        ["--config-file", os.path.join(REPO, "configs", "ssprl_demo.yaml"), "--device", "cpu",
+         "--depth", "18", "--batch-size", "2", "--iters", "1", "--warmup", "0",
+         "--images", images, *TINY_CROPS, *TINY_MODEL]
+    )
+    ref, measured = out["runs"]
+    assert ref["out_of_memory"] and "20.00 GiB" in ref["error"]
+    assert measured["images_per_s"] > 0 and measured["ratio_vs_reference"] is None
+    printed = capsys.readouterr().out
+    assert "out of memory" in printed and "n/a" in printed
