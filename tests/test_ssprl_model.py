@@ -149,6 +149,7 @@ def test_non_finite_loss_names_term_and_iteration():
         (["MODEL.SSPRL.BETA", "[0.25]"], "BETA"),
         (["MODEL.SSPRL.ASSIGN_CROPS", "[0, 9]"], "ASSIGN_CROPS"),
         (["MODEL.SSPRL.CROSS_INPUT", "logits"], "CROSS_INPUT"),
+        (["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED needs CUDA.*MODEL.DEVICE"),
     ],
 )
 def test_invalid_configs_name_the_key(extra, match):

@@ -108,6 +108,12 @@ def validate_config(cfg: CfgNode) -> None:
             "SOLVER.AMP.PRECISION must be 'float16' or 'bfloat16', "
             f"got {cfg.SOLVER.AMP.PRECISION!r}"
         )
+    if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        # Detectron2's AMPTrainer would stop at the first step; say it before building anything.
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED needs CUDA, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: set "
+            "MODEL.DEVICE cuda, or SOLVER.AMP.ENABLED False for a CPU run"
+        )
 
 
 def _apply_batch_lr_scaling(cfg: CfgNode) -> None:
