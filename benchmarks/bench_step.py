@@ -34,7 +34,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "ssprl_pretrain.yaml")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
-BASELINE = {"amp": "none", "channels_last": False, "group_crops": "none"}
+BASELINE = {"amp": "none", "channels_last": False, "group_crops": "none", "compile": ""}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -51,6 +51,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--group-crops", default="resolution", choices=("resolution", "none"),
         help="MODEL.SSPRL.GROUP_CROPS",
     )
+    parser.add_argument("--compile", default="", metavar="BACKEND",
+                        help="torch.compile the backbone with BACKEND (e.g. inductor) in the "
+                        "measured run (MODEL.SSPRL.COMPILE)")
     parser.add_argument("--photometric", default="model", choices=("model", "loader"),
                         help="INPUT.SSPRL.PHOTOMETRIC_ON")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations")
@@ -90,6 +93,8 @@ def build_cfg(args, settings: Dict, num_workers: int = 0):
     cfg.MODEL.SSPRL.QUEUE.START_EPOCH = -1.0
     cfg.MODEL.SSPRL.CHANNELS_LAST = settings["channels_last"]
     cfg.MODEL.SSPRL.GROUP_CROPS = settings["group_crops"]
+    cfg.MODEL.SSPRL.COMPILE = bool(settings["compile"])
+    cfg.MODEL.SSPRL.COMPILE_BACKEND = settings["compile"] or cfg.MODEL.SSPRL.COMPILE_BACKEND
     cfg.INPUT.SSPRL.PHOTOMETRIC_ON = args.photometric
     cfg.DATALOADER.NUM_WORKERS = num_workers
     cfg.merge_from_list(list(args.opts))
@@ -273,6 +278,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         "amp": args.amp,
         "channels_last": args.channels_last,
         "group_crops": args.group_crops,
+        "compile": args.compile,
     }
     print(
         f"SS-PRL step on {args.device}: ResNet-{args.depth}, batch {args.batch_size}, "
@@ -286,7 +292,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     runs.append(run_setting_or_oom(args, measured, files, "measured"))
     ref = runs[0]
     header = (
-        f"{'run':10s} {'amp':5s} {'ch-last':7s} {'groups':10s} {'img/s':>8s} {'s/step':>8s} "
+        f"{'run':10s} {'amp':5s} {'ch-last':7s} {'groups':10s} {'compile':9s} {'img/s':>8s} "
+        f"{'s/step':>8s} "
         f"{'peak MiB':>9s} {'vs ref':>7s}"
     )
     print(header + (f" {'e2e img/s':>10s}" if args.num_workers >= 0 else ""))
@@ -294,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         if r.get("out_of_memory"):
             r["ratio_vs_reference"] = None
             print(f"{r['label']:10s} {r['amp']:5s} {str(r['channels_last']):7s} "
-                  f"{r['group_crops']:10s} out of memory: {r['error']}")
+                  f"{r['group_crops']:10s} {r['compile'] or '-':9s} out of memory: {r['error']}")
             continue
         if ref.get("out_of_memory"):
             r["ratio_vs_reference"] = r["peak_ratio_vs_reference"] = None
@@ -304,6 +311,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         ratio = "n/a" if r["ratio_vs_reference"] is None else f"{r['ratio_vs_reference']:.2f}x"
         line = (
             f"{r['label']:10s} {r['amp']:5s} {str(r['channels_last']):7s} {r['group_crops']:10s} "
+            f"{r['compile'] or '-':9s} "
             f"{r['images_per_s']:8.2f} {r['s_per_step']:8.3f} {r['peak_mib']:9.0f} "
             f"{ratio:>7s}"
         )

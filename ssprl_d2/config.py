@@ -59,6 +59,11 @@ def _add_pretrain_model_config(cfg: CN) -> None:
     _C.MODEL.SSPRL.CHECK_FINITE_LOSS = True
     # Run the backbone in channels-last memory format (faster convolutions on recent GPUs).
     _C.MODEL.SSPRL.CHANNELS_LAST = False
+    # torch.compile the backbone (nn.Module.compile: checkpoint keys unchanged; one graph per crop
+    # resolution, compiled during the first iteration) with this backend ("inductor" fuses the
+    # BN/ReLU memory passes on GPUs; "eager"/"aot_eager" for debugging).
+    _C.MODEL.SSPRL.COMPILE = False
+    _C.MODEL.SSPRL.COMPILE_BACKEND = "inductor"
 
     _C.MODEL.SSPRL.QUEUE = CN()
     # Global queue length per scale (scale 0 first); 0 disables the queue of that scale. Rounded

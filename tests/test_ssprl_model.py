@@ -150,11 +150,42 @@ def test_non_finite_loss_names_term_and_iteration():
         (["MODEL.SSPRL.ASSIGN_CROPS", "[0, 9]"], "ASSIGN_CROPS"),
         (["MODEL.SSPRL.CROSS_INPUT", "logits"], "CROSS_INPUT"),
         (["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED needs CUDA.*MODEL.DEVICE"),
+        (["INPUT.SSPRL.LOADER_KERNEL", "cuda"], "INPUT.SSPRL.LOADER_KERNEL"),
+        (["MODEL.SSPRL.COMPILE", "True", "MODEL.SSPRL.COMPILE_BACKEND", "inductr"],
+         "COMPILE_BACKEND='inductr' is not a torch.compile backend"),
     ],
 )
 def test_invalid_configs_name_the_key(extra, match):
     with pytest.raises(ValueError, match=match):
         validate_config(tiny_cfg(extra))
+
+
+def test_compiled_backbone_matches_eager_and_keeps_checkpoint_keys():
+    """MODEL.SSPRL.COMPILE: the same losses and gradients as the plain model, and the same
+    state-dict keys (checkpoints and the converter are unaffected). The aot_eager backend runs
+    the compile machinery (graph capture, AOT autograd) without a C++ compiler."""
+    cfg = tiny_cfg()
+    compiled_cfg = tiny_cfg(["MODEL.SSPRL.COMPILE", "True", "MODEL.SSPRL.COMPILE_BACKEND",
+                             "aot_eager"])
+    validate_config(compiled_cfg)
+    torch.manual_seed(0)
+    plain = SSPRL(cfg)
+    torch.manual_seed(0)
+    compiled = SSPRL(compiled_cfg)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert compiled.backbone._compiled_call_impl is not None
+    assert plain.backbone._compiled_call_impl is None
+    data = batch(cfg)
+    results = []
+    for model in (plain, compiled):
+        with EventStorage(0):
+            losses = model(data)
+        sum(losses.values()).backward()
+        results.append((losses, model.backbone.stem.conv1.weight.grad.clone()))
+    (l0, g0), (l1, g1) = results
+    for k in l0:
+        torch.testing.assert_close(l1[k], l0[k], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g1, g0, rtol=1e-3, atol=1e-5)
 
 
 def test_queue_length_rounding_is_logged(caplog):

@@ -5,10 +5,11 @@
 #   1. bench_step: the paper-setting step, ResNet-50, batch 64, bf16, channels-last, crops
 #      grouped by resolution, also fed by the real loader with 16 workers (the H100 target:
 #      >= 400 images/s end to end), peak memory; the fp32 ungrouped reference next to it;
+#      then the same with the backbone compiled (MODEL.SSPRL.COMPILE, inductor);
 #   2. bench_data: the device part of PHOTOMETRIC_ON model on CUDA;
 #   3. tools/train_net.py: a short real pre-training run on CUDA with AMP (bf16) and SyncBN
 #      (one process), then --resume from its checkpoint.
-# About 6-9 minutes on an H100 after the machine is up.
+# About 8-11 minutes on an H100 after the machine is up (the parts have their own time limits).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -31,6 +32,13 @@ timeout 330 "$PY" benchmarks/bench_step.py --device cuda --depth 50 --batch-size
   --channels-last --group-crops resolution --num-workers 16 --iters 8 --warmup 2 \
   ${IMAGES:+--images "$IMAGES"} --json "$OUT/bench_step.json" 2>&1 | tee "$OUT/bench_step.log" | tail -6
 log "bench_step exit ${PIPESTATUS[0]}"
+
+log "1b. bench_step, the same with the backbone compiled (torch.compile, inductor)"
+timeout 300 "$PY" benchmarks/bench_step.py --device cuda --depth 50 --batch-size 64 --amp bf16 \
+  --channels-last --group-crops resolution --compile inductor --num-workers 16 --iters 8 \
+  --warmup 3 --no-baseline ${IMAGES:+--images "$IMAGES"} --json "$OUT/bench_step_compile.json" \
+  2>&1 | tee "$OUT/bench_step_compile.log" | tail -3
+log "bench_step compile exit ${PIPESTATUS[0]}"
 
 log "2. bench_data (device part on CUDA)"
 timeout 120 "$PY" benchmarks/bench_data.py --num-images 32 --rounds 2 --device-part cuda \

@@ -74,6 +74,7 @@ class SSPRL(nn.Module):
         group_crops: str = "resolution",
         check_finite: bool = True,
         channels_last: bool = False,
+        compile_backend: str = "",
     ):
         """
         Args:
@@ -99,8 +100,12 @@ class SSPRL(nn.Module):
             group_crops: "resolution" = one backbone pass per crop size, "none" = per group.
             check_finite: raise ``FloatingPointError`` naming a non-finite loss term.
             channels_last: run the backbone in channels-last memory format.
+            compile_backend: when set, ``torch.compile`` the backbone with this backend
+                (``nn.Module.compile``: parameter names and checkpoints are unchanged).
         """
         super().__init__()
+        if compile_backend:
+            backbone.compile(backend=compile_backend, dynamic=False)
         self.backbone = backbone
         self.in_feature = in_feature
         self.num_crops = num_crops
@@ -194,6 +199,7 @@ class SSPRL(nn.Module):
             "group_crops": c.GROUP_CROPS,
             "check_finite": c.CHECK_FINITE_LOSS,
             "channels_last": c.CHANNELS_LAST,
+            "compile_backend": c.COMPILE_BACKEND if c.COMPILE else "",
         }
 
     @property
@@ -463,6 +469,15 @@ def validate_ssprl_config(cfg: CfgNode) -> None:
         "MODEL.SSPRL.SHARED_PROTOTYPES needs the same K for every scale in NUM_PROTOTYPES",
     )
     need(c.GROUP_CROPS in ("resolution", "none"), "MODEL.SSPRL.GROUP_CROPS: resolution|none")
+    if c.COMPILE:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        need(
+            c.COMPILE_BACKEND in backends,
+            f"MODEL.SSPRL.COMPILE_BACKEND={c.COMPILE_BACKEND!r} is not a torch.compile backend "
+            f"({', '.join(sorted(backends))})",
+        )
     need(
         c.IN_FEATURE in cfg.MODEL.RESNETS.OUT_FEATURES,
         f"MODEL.SSPRL.IN_FEATURE={c.IN_FEATURE} must be in MODEL.RESNETS.OUT_FEATURES",
@@ -470,6 +485,10 @@ def validate_ssprl_config(cfg: CfgNode) -> None:
     need(
         inp.PHOTOMETRIC_ON in ("loader", "model"),
         f"INPUT.SSPRL.PHOTOMETRIC_ON must be 'loader' or 'model', got {inp.PHOTOMETRIC_ON!r}",
+    )
+    need(
+        inp.LOADER_KERNEL in ("numba", "torch"),
+        f"INPUT.SSPRL.LOADER_KERNEL must be 'numba' or 'torch', got {inp.LOADER_KERNEL!r}",
     )
     need(
         inp.RESAMPLE in ("interpolate", "roi_align"),
