@@ -382,6 +382,24 @@ def test_numba_kernel_matches_torch_and_torchvision(photo, op):
         assert changed, f"{op} changed nothing"
 
 
+def test_numba_hue_on_ties_and_greys():
+    """Grey pixels and ties between the largest channels resolve as torchvision's (red, then
+    green, then blue)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g)
+    x[:, :, :4] = x[:, :1, :4]  # grey pixels
+    x[:, 1, 4:8] = x[:, 0, 4:8]  # r == g
+    x[:, 2, 8:12] = x[:, 1, 8:12]  # g == b
+    x[:, 2, 12:] = x[:, 0, 12:]  # r == b
+    params = _only(P.sample_photometric_params(4, generator=g), "hue")
+    params[:, P.HUE] = torch.tensor([-0.5, -0.13, 0.2, 0.5])
+    ours = PN.apply_photometric_numba(x, params).float()
+    ref = torch.stack([TF.adjust_hue(x[i].float() / 255, float(params[i, P.HUE]))
+                       for i in range(4)])
+    assert (ours - (ref * 255).round()).abs().max() <= 1
+    assert torch.equal(ours[:, :, :4], x[:, :, :4].float())  # greys unchanged
+
+
 def test_numba_kernel_in_place_small_images_and_wide_sigma(photo):
     """``out=x`` gives the out-of-place result; images no larger than the kernel radius use
     replicate padding like the torch implementation; sigmas beyond the default range work."""
