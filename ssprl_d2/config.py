@@ -116,7 +116,8 @@ def _add_pretrain_input_config(cfg: CN) -> None:
     # training device, parameters still drawn per crop by the loader).
     _C.INPUT.SSPRL.PHOTOMETRIC_ON = "model"
     # Implementation of loader-side photometric augmentation (PHOTOMETRIC_ON loader): "numba"
-    # (one compiled pass per crop, ~3x cheaper) or "torch" (the batched torch ops the model uses).
+    # (one compiled pass per crop, ~7x cheaper on the CPU) or "torch" (the batched torch ops that
+    # the model uses on the device).
     _C.INPUT.SSPRL.LOADER_KERNEL = "numba"
     # Resampling of crops: "interpolate" (antialiased bilinear per crop) or "roi_align" (all crops
     # of one size in one batched op).

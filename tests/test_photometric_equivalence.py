@@ -425,6 +425,9 @@ def test_numba_kernel_bad_input_and_missing_numba(monkeypatch):
     params = P.sample_photometric_params(2)
     with pytest.raises(ValueError, match="uint8"):
         PN.apply_photometric_numba(torch.zeros(2, 3, 8, 8), params)
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="out must be a contiguous uint8"):
+        PN.apply_photometric_numba(x, params, out=x.transpose(2, 3))
     with pytest.raises(ValueError, match="LOADER_KERNEL"):
         _mapper(photometric_on="loader", loader_kernel="cuda")
     monkeypatch.setattr(PN, "NUMBA_AVAILABLE", False)

@@ -8,7 +8,7 @@ into a cache-resident float buffer and runs every op of that crop as a single fu
 its pixels: one pass per jitter op, one for grayscale, two for the blur, one for the rounding.
 
 Results equal the torch implementation's up to float rounding (a few crops' pixels may differ
-by one grey level after the final rounding; tests/test_photometric_numba.py). The torch
+by one grey level after the final rounding; tests/test_photometric_equivalence.py). The torch
 implementation remains the one for the training device (``INPUT.SSPRL.PHOTOMETRIC_ON model``)
 and the fallback when numba is missing (``INPUT.SSPRL.LOADER_KERNEL torch``).
 """
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .photometric import (
+    _LUMA,
     BLUR_ON,
     BRIGHTNESS,
     CONTRAST,
@@ -55,7 +56,7 @@ def _njit(fn):
         return numba.njit(**options)(fn)
 
 
-_LR, _LG, _LB = 0.299, 0.587, 0.114  # ITU-R 601 luma, as photometric._LUMA
+_LR, _LG, _LB = _LUMA  # ITU-R 601 luma
 _ORDER0 = ORDER.start
 
 
@@ -267,6 +268,9 @@ def apply_photometric_numba(
     x = x.contiguous()
     if out is None:
         out = torch.empty_like(x)
+    elif out.shape != x.shape or out.dtype != torch.uint8 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous uint8 tensor of shape {tuple(x.shape)}, "
+                         f"got {tuple(out.shape)} {out.dtype}")
     if n == 0:
         return out
     p = params.detach().to("cpu", torch.float32).contiguous().numpy()

@@ -422,7 +422,9 @@ class PyramidDatasetMapper:
         if self.photometric_on == "loader":
             blocks = self._photometric_by_size(blocks, params)
             if self.loader_kernel != "numba":
-                pyramids = None  # the numba kernel wrote into the pyramid tensors in place
+                # New tensors: restack the patches below. (The numba kernel writes in place,
+                # so the pyramid tensors already hold its result.)
+                pyramids = None
         else:
             blocks = [b if b.dtype == torch.uint8 else _to_uint8(b) for b in blocks]
         if self.resample == "roi_align":
