@@ -17,7 +17,7 @@ test: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests -q -ra -n 2 --durations=15
 
 lint: setup
-	$(PY) -m flake8 ssprl_d2 tools tests benchmarks || true
+	$(PY) -m flake8 ssprl_d2 tools tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/bench_data.py

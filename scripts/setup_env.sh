@@ -33,10 +33,23 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
+# Free space (GiB, rounded down) on the file system holding $1.
+free_gib() { df -Pk "$1" 2>/dev/null | awk 'NR==2 {print int($4 / 1048576)}'; }
+
 if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
-  log "installing $TORCH_SPEC (a large download the first time)"
+  # The x86_64 wheels of torch 2.14 are CUDA builds: about 6 GiB once installed.
+  NEED_GIB="${SSPRL_MIN_FREE_GIB:-7}"
+  HAVE_GIB="$(free_gib "$VENV")"
+  if [[ -n "$HAVE_GIB" && "$HAVE_GIB" -lt "$NEED_GIB" ]]; then
+    die "torch + torchvision need about $NEED_GIB GiB of free disk, but only $HAVE_GIB GiB is free at $VENV.
+        Free some space (old clones, output/ folders, ~/.cache/pip), or point SSPRL_VENV at a bigger disk,
+        or reuse a Python that already has torch and torchvision: SSPRL_SYSTEM_SITE_PACKAGES=1."
+  fi
+  log "installing $TORCH_SPEC (a large download the first time; $HAVE_GIB GiB free)"
+  # No pip cache: a cached copy of the wheels would double the disk it takes.
   # shellcheck disable=SC2086
-  "${PIP[@]}" install -q $TORCH_SPEC || die "installing torch/torchvision failed (set SSPRL_TORCH_SPEC to another pair)"
+  "${PIP[@]}" install -q --no-cache-dir $TORCH_SPEC \
+    || die "installing torch/torchvision failed (is the disk full? 'df -h $VENV'; or set SSPRL_TORCH_SPEC to another pair)"
 fi
 
 log "installing runtime dependencies"
