@@ -27,3 +27,15 @@ def demo_root() -> str:
     from ssprl_d2.data.demo import get_demo_root
 
     return get_demo_root()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny convolutions are dominated by thread synchronisation,
+    badly so when other processes share the 2 cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -44,14 +44,7 @@ def _load_cli():
 cli = _load_cli()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions are dominated by thread synchronisation, badly so when other processes
-    # share the 2 cores: one thread is faster here.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _torchvision_resnet(depth: int, seed: int = 0) -> torch.nn.Module:

@@ -158,14 +158,7 @@ def _register_val_subset(name: str, size: int) -> str:
     return name
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions are dominated by thread synchronisation, badly so when other processes
-    # share the 2 cores: one thread is faster here.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_mask_rcnn_demo_trains_and_evaluates_with_converted_weights(tmp_path):
