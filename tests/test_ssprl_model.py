@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from pretrain_utils import config_path
@@ -158,6 +160,18 @@ def test_non_finite_loss_names_term_and_iteration():
 def test_invalid_configs_name_the_key(extra, match):
     with pytest.raises(ValueError, match=match):
         validate_config(tiny_cfg(extra))
+
+
+def test_cpu_device_with_photometric_on_model_warns(caplog):
+    """On a CPU device the model-side photometric runs in the training process: say so, and
+    name the cheaper key; the loader setting gives no warning."""
+    with caplog.at_level(logging.WARNING, logger="ssprl_d2.engine.setup"):
+        validate_config(tiny_cfg(["INPUT.SSPRL.PHOTOMETRIC_ON", "model"]))
+    assert "INPUT.SSPRL.PHOTOMETRIC_ON loader" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ssprl_d2.engine.setup"):
+        validate_config(tiny_cfg(["INPUT.SSPRL.PHOTOMETRIC_ON", "loader"]))
+    assert "PHOTOMETRIC_ON" not in caplog.text
 
 
 def test_compiled_backbone_matches_eager_and_keeps_checkpoint_keys():
