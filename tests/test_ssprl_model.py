@@ -164,14 +164,18 @@ def test_invalid_configs_name_the_key(extra, match):
 
 def test_cpu_device_with_photometric_on_model_warns(caplog):
     """On a CPU device the model-side photometric runs in the training process: say so, and
-    name the cheaper key; the loader setting gives no warning."""
-    with caplog.at_level(logging.WARNING, logger="ssprl_d2.engine.setup"):
-        validate_config(tiny_cfg(["INPUT.SSPRL.PHOTOMETRIC_ON", "model"]))
-    assert "INPUT.SSPRL.PHOTOMETRIC_ON loader" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ssprl_d2.engine.setup"):
-        validate_config(tiny_cfg(["INPUT.SSPRL.PHOTOMETRIC_ON", "loader"]))
-    assert "PHOTOMETRIC_ON" not in caplog.text
+    name the cheaper key. No warning with the loader setting, or with no colour op at all
+    (the demo config, whose probabilities are 0)."""
+    colour = ["INPUT.SSPRL.COLOR_JITTER_PROB", "0.8", "INPUT.SSPRL.BLUR_PROB", "0.5"]
+    for opts, warns in [
+        (["INPUT.SSPRL.PHOTOMETRIC_ON", "model", *colour], True),
+        (["INPUT.SSPRL.PHOTOMETRIC_ON", "loader", *colour], False),
+        (["INPUT.SSPRL.PHOTOMETRIC_ON", "model"], False),
+    ]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ssprl_d2.engine.setup"):
+            validate_config(tiny_cfg(opts))
+        assert ("INPUT.SSPRL.PHOTOMETRIC_ON loader" in caplog.text) == warns, opts
 
 
 def test_compiled_backbone_matches_eager_and_keeps_checkpoint_keys():

@@ -97,7 +97,9 @@ def validate_config(cfg: CfgNode) -> None:
         from ssprl_d2.modeling.ssprl import validate_ssprl_config
 
         validate_ssprl_config(cfg)
-        if cfg.INPUT.SSPRL.PHOTOMETRIC_ON == "model" and str(cfg.MODEL.DEVICE) == "cpu":
+        inp = cfg.INPUT.SSPRL
+        photometric = max(inp.COLOR_JITTER_PROB, inp.GRAYSCALE_PROB, inp.BLUR_PROB) > 0
+        if inp.PHOTOMETRIC_ON == "model" and str(cfg.MODEL.DEVICE) == "cpu" and photometric:
             logger.warning(
                 "INPUT.SSPRL.PHOTOMETRIC_ON is 'model' on a CPU MODEL.DEVICE: colour jitter, "
                 "grayscale and blur run in the training process (~11 ms per image on one core). "
