@@ -44,6 +44,10 @@ def _add_pretrain_model_config(cfg: CN) -> None:
     # Input of the cross-scale learners: "probs" (mean softmax, paper Eq. 3) or "scores"
     # (mean raw scores, L2-normalised, the authors' release).
     _C.MODEL.SSPRL.CROSS_INPUT = "probs"
+    # L2-normalise the "probs" input of the cross-scale learners (the "scores" input always is).
+    # The learners are cosine classifiers (unit rows): an unnormalised mean of softmax vectors
+    # has norm ~0.1-0.5, which caps their logits far below 1 / TEMPERATURE.
+    _C.MODEL.SSPRL.CROSS_NORMALIZE_INPUT = False
     # Train the swapped-prediction terms of scales s >= 1 (False = the "L_cross only" ablation).
     _C.MODEL.SSPRL.USE_PYRAMID_LOSS = True
     # Train the cross-scale terms (False = the "L_pyr only" ablation).

@@ -15,7 +15,14 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .demo import DEMO_CATEGORIES, DEMO_SPLITS, default_demo_root, ensure_demo_dataset
+from .demo import (
+    DEMO_CATEGORIES,
+    DEMO_NUM_TRAIN,
+    DEMO_NUM_VAL,
+    DEMO_SPLITS,
+    default_demo_root,
+    ensure_demo_dataset,
+)
 
 __all__ = [
     "DEMO_DATASET_NAMES",
@@ -61,8 +68,8 @@ _HINT = (
 def register_demo_datasets(
     root: Optional[str] = None,
     prefix: str = "ssprl_demo",
-    num_train: int = 480,
-    num_val: int = 120,
+    num_train: int = DEMO_NUM_TRAIN,
+    num_val: int = DEMO_NUM_VAL,
     seed: int = 0,
 ) -> List[str]:
     """Register the demo splits as ``{prefix}_train`` / ``{prefix}_val`` without generating them.

@@ -1,8 +1,15 @@
 """The bundled demo dataset: SYNTHETIC multi-object scenes in COCO format, generated on first use.
 
 Nothing is downloaded and nothing but this generator is committed. Each image shows 1-4 textured
-shapes pasted on a crop of one of the real photos that scikit-image ships offline. Every category
-has its own shape, colour and texture, so both shape and colour carry the class. Annotations are
+shapes on a procedural background. Every category has its own shape, colour and texture, so both
+shape and colour carry the class.
+
+Version 2 of the design: every background is a fresh draw from ONE stationary distribution
+(smooth mid-grey noise with fixed parameters), so two crops of an image share nothing but their
+objects. Version 1 cut backgrounds from 12 photos; self-supervised training then clustered the
+photos (image identity) instead of the objects. The nuisances left (object position, scale,
+rotation, small colour and brightness shifts, JPEG noise) are the ones that the pre-training's
+crops and flips remove. Annotations are
 COCO instances (box, polygon mask of the visible part, area, ``iscrowd=0``); the image-level
 multi-labels are the set of categories of an image's instances.
 
@@ -24,12 +31,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
-from PIL import Image, ImageFilter
+from PIL import Image
 from scipy import ndimage
 from skimage import measure
 
 __all__ = [
     "DEMO_CATEGORIES",
+    "DEMO_NUM_TRAIN",
+    "DEMO_NUM_VAL",
     "DEMO_SPLITS",
     "default_demo_root",
     "ensure_demo_dataset",
@@ -40,9 +49,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump when the generator's output changes: cached copies of another version are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 DEMO_SPLITS = ("train", "val")
+# Default split sizes: 240 val images keep the probes' evaluation noise low.
+DEMO_NUM_TRAIN = 480
+DEMO_NUM_VAL = 240
 # (name, shape, base RGB colour, texture); the index + 1 is the COCO category id.
 _CATEGORY_SPECS = (
     ("circle", "circle", (220, 40, 40), "solid"),
@@ -56,21 +68,13 @@ _CATEGORY_SPECS = (
 )
 DEMO_CATEGORIES: List[str] = [spec[0] for spec in _CATEGORY_SPECS]
 
-# Real photos shipped inside scikit-image's wheel (no network needed); greyscale ones are tinted.
-_BACKGROUND_PHOTOS = (
-    "astronaut",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "camera",
-    "brick",
-    "grass",
-    "gravel",
-    "moon",
-    "coins",
-)
+# The background distribution, the same for every image: grey level, then the standard
+# deviations of coarse / medium blobs (cells of the given size in px), of the per-channel tint of
+# the blobs, and of the pixel grain.
+_BACKGROUND_GREY = 118.0
+_BACKGROUND_OCTAVES = ((48, 16.0), (12, 9.0))
+_BACKGROUND_CHROMA = 0.25
+_BACKGROUND_GRAIN = 5.0
 _IMAGE_SIZE_RANGE = (160, 256)  # per side, inclusive
 _MAX_OBJECTS = 4
 _MIN_VISIBLE_PIXELS = 64  # of an object's mask after occlusion
@@ -89,7 +93,7 @@ def default_demo_root() -> str:
 
 
 def get_demo_root() -> str:
-    """Root of the default demo dataset (480 train / 120 val images), generated on first use.
+    """Root of the default demo dataset (DEMO_NUM_TRAIN / DEMO_NUM_VAL images), made on first use.
 
     Returns:
         the folder holding ``images/{train,val}/`` and ``annotations/instances_{train,val}.json``.
@@ -98,7 +102,7 @@ def get_demo_root() -> str:
 
 
 def ensure_demo_dataset(
-    root: Optional[str] = None, num_train: int = 480, num_val: int = 120, seed: int = 0
+    root: Optional[str] = None, num_train: int = DEMO_NUM_TRAIN, num_val: int = DEMO_NUM_VAL, seed: int = 0
 ) -> str:
     """Return ``root`` after making sure it holds the demo dataset of these arguments.
 
@@ -141,7 +145,7 @@ def ensure_demo_dataset(
 
 
 def generate_demo_dataset(
-    root: str, num_train: int = 480, num_val: int = 120, seed: int = 0
+    root: str, num_train: int = DEMO_NUM_TRAIN, num_val: int = DEMO_NUM_VAL, seed: int = 0
 ) -> str:
     """Write the demo dataset into ``root`` (no atomicity; see :func:`ensure_demo_dataset`).
 
@@ -154,7 +158,6 @@ def generate_demo_dataset(
     Returns:
         ``root``.
     """
-    backgrounds = _load_backgrounds()
     for split_id, (split, num_images) in enumerate(zip(DEMO_SPLITS, (num_train, num_val))):
         image_dir = os.path.join(root, "images", split)
         os.makedirs(image_dir, exist_ok=True)
@@ -163,7 +166,7 @@ def generate_demo_dataset(
         plan = _plan_split(num_images, seed, split_id)
         for index, categories in enumerate(plan):
             rng = np.random.default_rng([seed, split_id, index, 1])
-            pixels, objects = _render_image(rng, categories, backgrounds)
+            pixels, objects = _render_image(rng, categories)
             image_id = index + 1
             file_name = f"{image_id:06d}.jpg"
             Image.fromarray(pixels).save(
@@ -178,8 +181,8 @@ def generate_demo_dataset(
                 annotations.append(_annotation(ann_id, image_id, category, polygons, mask))
         coco = {
             "info": {
-                "description": "ssprl_d2 demo dataset: SYNTHETIC shapes on crops of scikit-image "
-                "sample photos, generated by ssprl_d2/data/demo.py",
+                "description": "ssprl_d2 demo dataset: SYNTHETIC shapes on procedural noise "
+                "backgrounds, generated by ssprl_d2/data/demo.py",
                 "version": str(GENERATOR_VERSION),
                 "split": split,
                 "seed": seed,
@@ -254,56 +257,27 @@ def _plan_split(num_images: int, seed: int, split_id: int) -> List[List[int]]:
     return [deck[starts[i] : starts[i + 1]].tolist() for i in range(num_images)]
 
 
-def _load_backgrounds() -> List[np.ndarray]:
-    photos = []
-    try:
-        from skimage import data as skdata
-    except ImportError:  # pragma: no cover - scikit-image is a dependency
-        skdata = None
-    for name in _BACKGROUND_PHOTOS if skdata is not None else ():
-        try:
-            photo = np.asarray(getattr(skdata, name)())
-        except Exception as e:  # a photo the installed scikit-image cannot give offline
-            logger.warning(f"Demo dataset: skipping background photo {name!r} ({e})")
-            continue
-        if photo.ndim == 2:
-            photo = np.repeat(photo[:, :, None], 3, axis=2)
-        photos.append(np.ascontiguousarray(photo[:, :, :3]).astype(np.uint8))
-    if not photos:
-        logger.warning("Demo dataset: no scikit-image photo available, using smooth noise")
-        rng = np.random.default_rng(12345)
-        noise = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        photos.append(np.asarray(Image.fromarray(noise).resize((512, 512), Image.BICUBIC)))
-    return photos
-
-
-def _background(rng: np.random.Generator, photos, width: int, height: int) -> np.ndarray:
-    photo = photos[int(rng.integers(len(photos)))]
-    ph, pw = photo.shape[:2]
-    aspect = width / height
-    crop_h = int(min(ph, pw / aspect) * rng.uniform(0.35, 1.0))
-    crop_w = max(8, min(pw, int(round(crop_h * aspect))))
-    crop_h = max(8, crop_h)
-    y0 = int(rng.integers(0, ph - crop_h + 1))
-    x0 = int(rng.integers(0, pw - crop_w + 1))
-    crop = Image.fromarray(photo[y0 : y0 + crop_h, x0 : x0 + crop_w])
-    if rng.random() < 0.5:
-        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-    crop = crop.resize((width, height), Image.BILINEAR)
-    crop = crop.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.0, 1.5))))
-    pixels = np.asarray(crop).astype(np.float32)
-    tint = rng.uniform(0.65, 1.1, size=3)
-    grey = pixels.mean(axis=2, keepdims=True)
-    desaturate = rng.uniform(0.0, 0.4)
-    pixels = (pixels * (1 - desaturate) + grey * desaturate) * tint * rng.uniform(0.6, 1.0)
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """(H, W, 3) float32 background: a new draw of the one stationary noise distribution."""
+    pixels = np.full((height, width, 3), _BACKGROUND_GREY, dtype=np.float32)
+    for cell, std in _BACKGROUND_OCTAVES:
+        gh, gw = -(-height // cell) + 1, -(-width // cell) + 1
+        grey = rng.normal(0.0, 1.0, size=(gh, gw, 1))
+        tint = rng.normal(0.0, _BACKGROUND_CHROMA, size=(gh, gw, 3))
+        coarse = (grey + tint).astype(np.float32) * std
+        # Bilinear upsampling of the cell grid (order-1 spline: exact and deterministic).
+        zoom = ((height + cell) / gh, (width + cell) / gw, 1)
+        smooth = ndimage.zoom(coarse, zoom, order=1, mode="nearest", grid_mode=False)
+        pixels += smooth[:height, :width]
+    pixels += rng.normal(0.0, _BACKGROUND_GRAIN, size=pixels.shape).astype(np.float32)
     return pixels
 
 
-def _render_image(rng: np.random.Generator, categories: Sequence[int], photos):
+def _render_image(rng: np.random.Generator, categories: Sequence[int]):
     """Returns (uint8 HxWx3 image, [(category, polygons, visible mask)] bottom to top)."""
     low, high = _IMAGE_SIZE_RANGE
     width, height = (int(v) for v in rng.integers(low, high + 1, 2))
-    pixels = _background(rng, photos, width, height)
+    pixels = _background(rng, width, height)
     placed: List[Tuple[int, list, np.ndarray]] = []  # (category, full polygons, full mask)
     finals: List[Tuple[list, np.ndarray]] = []
     for category in categories:

@@ -2,6 +2,7 @@
 import logging
 import math
 
+import torch
 import torch.distributed as dist
 
 from detectron2.config import CfgNode, get_cfg
@@ -117,12 +118,35 @@ def validate_config(cfg: CfgNode) -> None:
             "SOLVER.AMP.PRECISION must be 'float16' or 'bfloat16', "
             f"got {cfg.SOLVER.AMP.PRECISION!r}"
         )
-    if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
-        # Detectron2's AMPTrainer would stop at the first step; say it before building anything.
+    if cfg.SOLVER.AMP.ENABLED and str(cfg.MODEL.DEVICE) == "cpu":
+        _check_cpu_amp(cfg)
+    elif cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         raise ValueError(
-            f"SOLVER.AMP.ENABLED needs CUDA, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: set "
-            "MODEL.DEVICE cuda, or SOLVER.AMP.ENABLED False for a CPU run"
+            f"SOLVER.AMP.ENABLED needs CUDA or a CPU MODEL.DEVICE, got {cfg.MODEL.DEVICE!r}: set "
+            "MODEL.DEVICE cuda or cpu, or SOLVER.AMP.ENABLED False"
         )
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls / convolutions natively (AVX512-BF16 or AMX)."""
+    mkldnn = torch.backends.mkldnn
+    return bool(mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _check_cpu_amp(cfg: CfgNode) -> None:
+    """CPU autocast is bfloat16 only; where the CPU lacks bf16 the run falls back to float32."""
+    if cfg.SOLVER.AMP.PRECISION != "bfloat16":
+        raise ValueError(
+            f"SOLVER.AMP.PRECISION {cfg.SOLVER.AMP.PRECISION!r} is not supported on a CPU "
+            "MODEL.DEVICE (float16 autocast needs CUDA): set SOLVER.AMP.PRECISION bfloat16, or "
+            "SOLVER.AMP.ENABLED False"
+        )
+    if not cpu_supports_bf16():
+        logger.warning(
+            "SOLVER.AMP.ENABLED with bfloat16 on a CPU without native bf16 (AVX512-BF16 / AMX): "
+            "training in float32 instead."
+        )
+        cfg.SOLVER.AMP.ENABLED = False
 
 
 def _apply_batch_lr_scaling(cfg: CfgNode) -> None:

@@ -3,6 +3,7 @@ classification (linear / fine-tune) and Mask R-CNN transfer. The job is picked f
 ``MODEL.META_ARCHITECTURE`` (see :func:`ssprl_d2.engine.setup.task_of`)."""
 import logging
 import os
+import time
 import weakref
 
 import torch
@@ -39,7 +40,10 @@ class Trainer(DefaultTrainer):
         if not cfg.MODEL.DEVICE.startswith("cuda"):
             ddp_kwargs["device_ids"] = None  # CPU DDP (gloo): no device ids
         model = create_ddp_model(model, **ddp_kwargs)
-        if cfg.SOLVER.AMP.ENABLED:
+        if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+            # validate_config allows only bfloat16 here.
+            self._trainer = CPUAutocastTrainer(model, data_loader, optimizer)
+        elif cfg.SOLVER.AMP.ENABLED:
             precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
             grad_scaler = None
             if precision == torch.bfloat16:
@@ -128,6 +132,34 @@ class Trainer(DefaultTrainer):
             # Insert before the writers (the last hook) so their state is logged this step.
             hooks[-1:-1] = build_pretrain_hooks(self.cfg)
         return hooks
+
+
+class CPUAutocastTrainer(SimpleTrainer):
+    """:class:`SimpleTrainer` whose forward (model and loss sum) runs under
+    ``torch.autocast("cpu", bfloat16)``; backward and the optimizer step stay outside autocast,
+    as PyTorch recommends. bf16 keeps float32's exponent range, so no loss scaling is needed."""
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.precision = precision
+
+    def run_step(self):
+        # Mirrors SimpleTrainer.run_step of Detectron2 0.6+ (commit a59f0563), forward under
+        # CPU autocast (AMPTrainer asserts CUDA).
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=self.precision):
+            loss_dict = self.model(data)
+            if isinstance(loss_dict, torch.Tensor):
+                loss_dict = {"total_loss": loss_dict}
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
 
 
 class _NoOpGradScaler:

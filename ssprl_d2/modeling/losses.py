@@ -65,7 +65,11 @@ def patch_swapped_loss(
 
 
 def patch_mean_representation(
-    scores: torch.Tensor, num_patches: int, mode: str, temperature: float
+    scores: torch.Tensor,
+    num_patches: int,
+    mode: str,
+    temperature: float,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """mu(P_s) of Eq. 3: the mean prototype representation of the M_s patches of each image.
 
@@ -74,10 +78,13 @@ def patch_mean_representation(
         num_patches: M_s.
         mode: "probs" (mean of softmax(scores / tau), the paper) or "scores" (mean raw scores,
             L2-normalised, the authors' release).
+        temperature: tau of the softmax ("probs").
+        normalize: L2-normalise the "probs" mean too ("scores" always is).
     """
     per_image = scores.float().reshape(-1, num_patches, scores.shape[-1])  # (B, M, K)
     if mode == "probs":
-        return F.softmax(per_image / temperature, dim=-1).mean(dim=1)  # (B, K)
+        mean = F.softmax(per_image / temperature, dim=-1).mean(dim=1)  # (B, K)
+        return F.normalize(mean, dim=-1) if normalize else mean
     if mode == "scores":
         return F.normalize(per_image.mean(dim=1), dim=-1)  # (B, K)
     raise ValueError(f"cross-scale input mode must be 'probs' or 'scores', got {mode!r}")

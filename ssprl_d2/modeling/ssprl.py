@@ -64,6 +64,7 @@ class SSPRL(nn.Module):
         beta: Sequence[float] = (0.25, 0.25),
         cross_weight: float = 1.0,
         cross_input: str = "probs",
+        cross_normalize_input: bool = False,
         use_pyramid_loss: bool = True,
         use_cross_loss: bool = True,
         freeze_prototypes_iters: int = 0,
@@ -91,6 +92,7 @@ class SSPRL(nn.Module):
             alpha: per-scale weights of L_pyr; beta: per-pyramid-scale weights of L_cross.
             cross_weight: lambda of Eq. 4.
             cross_input: "probs" (paper) or "scores" (release) input of the cross-scale learners.
+            cross_normalize_input: L2-normalise the "probs" input of the learners.
             use_pyramid_loss: keep the s >= 1 swapped-prediction terms.
             use_cross_loss: keep the cross-scale terms (and build the learners).
             freeze_prototypes_iters: prototypes and learners get no gradient before this iter.
@@ -119,6 +121,7 @@ class SSPRL(nn.Module):
         self.beta = list(beta)
         self.cross_weight = cross_weight
         self.cross_input = cross_input
+        self.cross_normalize_input = cross_normalize_input
         self.use_pyramid_loss = use_pyramid_loss
         self.use_cross_loss = use_cross_loss and cross_weight > 0 and len(self.grids) > 0
         self.freeze_prototypes_iters = freeze_prototypes_iters
@@ -189,6 +192,7 @@ class SSPRL(nn.Module):
             "beta": list(c.BETA),
             "cross_weight": c.CROSS_WEIGHT,
             "cross_input": c.CROSS_INPUT,
+            "cross_normalize_input": c.CROSS_NORMALIZE_INPUT,
             "use_pyramid_loss": c.USE_PYRAMID_LOSS,
             "use_cross_loss": c.USE_CROSS_LOSS,
             "freeze_prototypes_iters": c.FREEZE_PROTOTYPES_ITERS,
@@ -340,7 +344,9 @@ class SSPRL(nn.Module):
                 learner = self.cross_learners[s - 1]
                 cross_logits = [
                     learner(
-                        patch_mean_representation(sc, m, self.cross_input, self.temperature),
+                        patch_mean_representation(
+                            sc, m, self.cross_input, self.temperature, self.cross_normalize_input
+                        ),
                         frozen=frozen,
                     )
                     for sc in (scores_a, scores_b)
