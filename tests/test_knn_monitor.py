@@ -96,14 +96,25 @@ def _knn_cfg(folder, output_dir, extra=()):
     )
 
 
-def test_pretraining_run_logs_knn_map(folder, tmp_path):
-    cfg = _knn_cfg(folder, str(tmp_path), ["TEST.KNN.PERIOD", "2", "SOLVER.MAX_ITER", "5"])
+def _train(cfg):
     seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg)
-    assert sum(isinstance(h, KNNMonitor) for h in trainer._hooks) == 1
     trainer.resume_or_load(resume=False)
     trainer.train()
+    return trainer
+
+
+def test_pretraining_run_logs_knn_map(folder, tmp_path):
+    cfg = _knn_cfg(folder, str(tmp_path), ["TEST.KNN.PERIOD", "2", "SOLVER.MAX_ITER", "5"])
+    trainer = _train(cfg)
+    assert sum(isinstance(h, KNNMonitor) for h in trainer._hooks) == 1
     assert trainer.model.training  # train mode restored after the evaluations
+    # Training is unchanged by the monitor (eval-mode BN, no draws from the training streams).
+    plain_cfg = tiny_pretrain_cfg(folder, str(tmp_path / "plain"), extra=["SOLVER.MAX_ITER", "5"])
+    plain = _train(plain_cfg)
+    assert not any(isinstance(h, KNNMonitor) for h in plain._hooks)
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert losses == [v for v, _ in plain.storage.history("total_loss").values()]
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     knn = {m["iteration"]: m for m in metrics if "knn/mAP" in m}
     assert sorted(knn) == [1, 3, 4]  # after iterations 2, 4 and the last one (5), 0-based
