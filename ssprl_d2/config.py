@@ -13,6 +13,7 @@ def add_ssprl_config(cfg: CN) -> CN:
     _add_solver_config(cfg)
     _add_classification_config(cfg)
     _add_data_config(cfg)
+    _add_knn_config(cfg)
     return cfg
 
 
@@ -213,3 +214,27 @@ def _add_data_config(cfg: CN) -> None:
     _C.DATASETS.SSPRL.LABEL_SUBSET_FRACTION = 0.0
     # Seed of the label-subset draw.
     _C.DATASETS.SSPRL.LABEL_SUBSET_SEED = 0
+
+
+def _add_knn_config(cfg: CN) -> None:
+    _C = cfg
+    # kNN multi-label monitor of pre-training (ssprl_d2.engine.hooks.KNNMonitor). Images go
+    # through the classification test transform (INPUT.CLASSIFICATION.TEST_RESIZE / CROP_SIZE).
+    _C.TEST.KNN = CN()
+    # Labelled dataset whose pooled backbone features are the memory bank; "" = monitor off.
+    _C.TEST.KNN.TRAIN_DATASET = ""
+    # Labelled datasets that query the memory bank (one mAP each), e.g. ("ssprl_demo_val",).
+    _C.TEST.KNN.TEST_DATASETS = ()
+    # Evaluate after every PERIOD iterations and after the last one; 0 = after the last one only.
+    _C.TEST.KNN.PERIOD = 1000
+    # Number of nearest neighbours (cosine similarity) that vote.
+    _C.TEST.KNN.K = 20
+    # Temperature T of the vote weights exp(cosine / T).
+    _C.TEST.KNN.TEMPERATURE = 0.07
+    # At most this many images per dataset (a fixed subset, RandomState(0)); 0 = all.
+    _C.TEST.KNN.MAX_IMAGES = 5000
+    # Images per feature-extraction batch, per process.
+    _C.TEST.KNN.BATCH_SIZE = 64
+    # Keep the decoded, transformed uint8 images in memory after the first evaluation (about
+    # 3 x TEST_CROP_SIZE^2 bytes per image, split over the processes).
+    _C.TEST.KNN.CACHE_IMAGES = True

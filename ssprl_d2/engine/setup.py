@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ssprl_d2.config import add_ssprl_config
+from ssprl_d2.evaluation.knn import validate_knn_config
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def validate_config(cfg: CfgNode) -> None:
         from ssprl_d2.modeling.classifier import validate_classifier_config
 
         validate_classifier_config(cfg)
+    validate_knn_config(cfg)
     if cfg.SOLVER.OPTIMIZER not in ("SGD", "LARS"):
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'LARS', got {cfg.SOLVER.OPTIMIZER!r}")
     if cfg.SOLVER.AMP.PRECISION not in ("float16", "bfloat16"):
