@@ -42,9 +42,10 @@ def _add_pretrain_model_config(cfg: CN) -> None:
     _C.MODEL.SSPRL.BETA = [0.25, 0.25]
     # lambda, the weight of L_cross in the total loss (Eq. 4).
     _C.MODEL.SSPRL.CROSS_WEIGHT = 1.0
-    # Input of the cross-scale learners: "probs" (mean softmax, paper Eq. 3) or "scores"
-    # (mean raw scores, L2-normalised, the authors' release).
-    _C.MODEL.SSPRL.CROSS_INPUT = "probs"
+    # Input of the cross-scale learners: "scores" (mean raw scores, L2-normalised, the authors'
+    # release) or "probs" (mean softmax, Eq. 3 as printed). Default "scores": with "probs" the
+    # cross-scale terms stayed at ln K on the demo (their logits are capped at |mean| / tau).
+    _C.MODEL.SSPRL.CROSS_INPUT = "scores"
     # L2-normalise the "probs" input of the cross-scale learners (the "scores" input always is).
     # The learners are cosine classifiers (unit rows): an unnormalised mean of softmax vectors
     # has norm ~0.1-0.5, which caps their logits far below 1 / TEMPERATURE.

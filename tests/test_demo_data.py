@@ -15,6 +15,8 @@ from ssprl_d2.data.datasets import prepare_datasets, register_demo_datasets
 from ssprl_d2.data.demo import (
     _CATEGORY_SPECS,
     DEMO_CATEGORIES,
+    DEMO_NUM_TRAIN,
+    DEMO_NUM_VAL,
     ensure_demo_dataset,
     generate_demo_dataset,
 )
@@ -155,7 +157,7 @@ def test_concurrent_generation_is_safe(tmp_path):
 
 def test_default_dataset(demo_root):
     """The full default dataset (cached): sizes, categories of both splits, Detectron2 loading."""
-    for split, n in (("train", 480), ("val", 120)):
+    for split, n in (("train", DEMO_NUM_TRAIN), ("val", DEMO_NUM_VAL)):
         coco = _check_coco(
             os.path.join(demo_root, "annotations", f"instances_{split}.json"),
             os.path.join(demo_root, "images", split),
@@ -164,5 +166,26 @@ def test_default_dataset(demo_root):
         counts = np.bincount([a["category_id"] - 1 for a in coco.dataset["annotations"]])
         assert len(counts) == len(DEMO_CATEGORIES) and counts.min() >= 0.6 * counts.max()
     dicts = DatasetCatalog.get("ssprl_demo_val")
-    assert len(dicts) == 120
+    assert len(dicts) == DEMO_NUM_VAL
     assert all(1 <= len(d["annotations"]) <= 4 for d in dicts)
+
+
+def test_backgrounds_are_stationary(small_root):
+    """Every background is a draw of one distribution: the mean colour and the contrast of the
+    pixels outside the masks vary little between images (v1's photos differed by 60-100 grey
+    levels), so the background says nothing about which image a crop comes from."""
+    coco = COCO(os.path.join(small_root, "annotations", "instances_train.json"))
+    means, stds = [], []
+    for image_id, info in coco.imgs.items():
+        pixels = np.asarray(Image.open(
+            os.path.join(small_root, "images", "train", info["file_name"]))).astype(np.float64)
+        objects = np.zeros(pixels.shape[:2], dtype=bool)
+        for ann in coco.imgToAnns[image_id]:
+            objects |= coco.annToMask(ann).astype(bool)
+        background = pixels[~objects]  # (N, 3)
+        means.append(background.mean(axis=0))
+        stds.append(background.std(axis=0).mean())
+    means, stds = np.array(means), np.array(stds)
+    assert np.abs(means - means.mean(axis=0)).max() < 15  # grey levels, per channel
+    assert means.std(axis=0).max() < 6
+    assert stds.max() - stds.min() < 10

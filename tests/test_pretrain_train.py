@@ -9,6 +9,8 @@ from detectron2.utils.env import seed_all_rng
 
 from ssprl_d2.data import num_skipped_images
 from ssprl_d2.engine import Trainer
+from ssprl_d2.engine.setup import cpu_supports_bf16
+from ssprl_d2.engine.trainer import CPUAutocastTrainer
 
 from pretrain_utils import tiny_pretrain_cfg, write_image_folder
 
@@ -88,3 +90,36 @@ def test_resume_matches_uninterrupted_run(folder, tmp_path):
     assert min(second.losses) == 3  # resumed from model_0000002.pth
     for it in range(3, 7):
         assert second.losses[it] == pytest.approx(full.losses[it], rel=1e-5), it
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16)")
+def test_cpu_bf16_autocast_run(folder, tmp_path):
+    """SOLVER.AMP bfloat16 on a CPU device trains under CPU autocast: the backbone runs in bf16,
+    the losses stay float32 and finite, and the weights (float32) move."""
+    cfg = tiny_pretrain_cfg(folder, str(tmp_path), extra=[
+        "SOLVER.MAX_ITER", "3", "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16",
+        "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "0"])
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, CPUAutocastTrainer)
+    dtypes = []
+    trainer.model.backbone.res5.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    rec = Recorder()
+    trainer.register_hooks([rec])
+    before = trainer.model.prototypes[0].weight.detach().clone()
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert torch.bfloat16 in dtypes
+    assert all(torch.isfinite(torch.tensor(v)) for v in rec.losses.values())
+    weight = trainer.model.prototypes[0].weight
+    assert weight.dtype == torch.float32 and (weight - before).abs().max() > 1e-4
+
+
+def test_cpu_amp_without_bf16_falls_back_to_float32(monkeypatch, folder, tmp_path, caplog):
+    import ssprl_d2.engine.setup as setup_mod
+
+    monkeypatch.setattr(setup_mod, "cpu_supports_bf16", lambda: False)
+    cfg = tiny_pretrain_cfg(folder, str(tmp_path), extra=[
+        "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16"])
+    assert cfg.SOLVER.AMP.ENABLED is False
+    assert "training in float32 instead" in caplog.text

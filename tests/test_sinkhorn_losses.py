@@ -83,6 +83,9 @@ def test_patch_mean_representation_modes():
     raw = patch_mean_representation(scores, 2, "scores", 1.0)
     torch.testing.assert_close(raw.norm(dim=1), torch.ones(2))
     torch.testing.assert_close(raw[1], torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    # Normalised probs: the mean (0.5, 0.5) becomes a unit vector.
+    unit = patch_mean_representation(scores, 2, "probs", 1.0, normalize=True)
+    torch.testing.assert_close(unit, torch.full((2, 2), 1 / math.sqrt(2)))
 
 
 def test_cross_scale_loss_averages_codes_and_views():

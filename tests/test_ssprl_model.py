@@ -72,7 +72,9 @@ def test_forward_backward_named_terms():
          {"loss_pyr_s0"}),
         (["MODEL.SSPRL.SHARED_PROTOTYPES", "True", "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 8, 8]"],
          {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2", "loss_cross_s1", "loss_cross_s2"}),
-        (["MODEL.SSPRL.CROSS_INPUT", "scores"],
+        (["MODEL.SSPRL.CROSS_INPUT", "probs"],
+         {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2", "loss_cross_s1", "loss_cross_s2"}),
+        (["MODEL.SSPRL.CROSS_INPUT", "probs", "MODEL.SSPRL.CROSS_NORMALIZE_INPUT", "True"],
          {"loss_pyr_s0", "loss_pyr_s1", "loss_pyr_s2", "loss_cross_s1", "loss_cross_s2"}),
     ],
 )

@@ -13,6 +13,11 @@
 6. the global-only baseline pre-training (configs/demo/ssprl_demo_global_only.yaml, same
    budget) and its linear probe (--skip-baseline leaves it out).
 
+With --seeds 0 1 2 it runs the whole demo once per seed (OUTPUT/seed<N>/, the SEED of every
+stage) and writes the mean, spread and range of every cell to OUTPUT/seeds_results.md:
+
+    python tools/run_demo.py --output-dir output/demo_seeds --seeds 0 1 2
+
 It prints a results table and writes results.md / results.json, the figures (visualizations/)
 and one log per stage (logs/) into the output folder. Stages whose outputs exist are skipped,
 so a re-run is quick; --redo reruns everything. --tiny runs every stage at toy size (tests).
@@ -20,7 +25,7 @@ so a re-run is quick; --redo reruns everything. --tiny runs every stage at toy s
 import argparse
 import sys
 
-from ssprl_d2.engine.demo import DemoError, run_demo
+from ssprl_d2.engine.demo import DemoError, run_demo, run_demo_seeds
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,14 +38,19 @@ def get_parser() -> argparse.ArgumentParser:
                         help="leave out the global-only baseline pre-training row")
     parser.add_argument("--redo", action="store_true", help="rerun stages whose outputs exist")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="run the demo once per seed and summarise mean / spread")
     return parser
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    opts = dict(tiny=args.tiny, skip_baseline=args.skip_baseline, redo=args.redo,
+                dry_run=args.dry_run)
     try:
-        return run_demo(args.output_dir, tiny=args.tiny, skip_baseline=args.skip_baseline,
-                        redo=args.redo, dry_run=args.dry_run)
+        if args.seeds:
+            return run_demo_seeds(args.output_dir, args.seeds, **opts)
+        return run_demo(args.output_dir, **opts)
     except DemoError as e:
         print(f"[demo] ERROR: {e}", file=sys.stderr)
         raise SystemExit(1)

@@ -102,7 +102,10 @@ def get_demo_root() -> str:
 
 
 def ensure_demo_dataset(
-    root: Optional[str] = None, num_train: int = DEMO_NUM_TRAIN, num_val: int = DEMO_NUM_VAL, seed: int = 0
+    root: Optional[str] = None,
+    num_train: int = DEMO_NUM_TRAIN,
+    num_val: int = DEMO_NUM_VAL,
+    seed: int = 0,
 ) -> str:
     """Return ``root`` after making sure it holds the demo dataset of these arguments.
 

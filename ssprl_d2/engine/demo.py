@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ __all__ = [
     "format_duration",
     "plan_demo",
     "run_demo",
+    "run_demo_seeds",
     "run_tool",
     "write_results",
 ]
@@ -44,9 +45,14 @@ ROWS = {
 # Metric columns: key -> (column title, source metric name).
 COLUMNS = {
     "linear_map": ("linear mAP", "classification/mAP"),
+    "knn_map": ("kNN mAP", "knn/mAP"),
+    "finetune_map": ("10% fine-tune mAP", "classification/mAP"),
     "box_ap": ("Mask R-CNN box AP", "bbox/AP"),
     "mask_ap": ("Mask R-CNN mask AP", "segm/AP"),
 }
+# Files next to metrics.json that hold a metric group: metric prefix -> file name under
+# OUTPUT_DIR/inference/<dataset>/ (the fast linear path writes no metrics.json).
+_RESULT_FILES = {"classification/": "multilabel_results.json", "knn/": "knn_results.json"}
 
 
 @dataclass
@@ -82,6 +88,7 @@ class DemoSettings:
     pretrain_opts: List[str]
     global_opts: List[str]
     linear_opts: List[str]
+    finetune_opts: List[str]
     detection_opts: List[str]
     visualize_args: List[str]
     estimates: Dict[str, float] = field(default_factory=dict)
@@ -90,6 +97,7 @@ class DemoSettings:
 PRETRAIN_CONFIG = "configs/ssprl_demo.yaml"
 GLOBAL_CONFIG = "configs/demo/ssprl_demo_global_only.yaml"
 LINEAR_CONFIG = "configs/classification/linear_demo.yaml"
+FINETUNE_CONFIG = "configs/classification/finetune_demo.yaml"
 DETECTION_CONFIG = "configs/detection/mask_rcnn_demo.yaml"
 
 # Worker processes only compete with the training threads on a 2-core machine (measured: 5-8x
@@ -106,10 +114,11 @@ def demo_settings(tiny: bool) -> DemoSettings:
             # The linear_demo.yaml protocol for every row: frozen backbone (BN in eval mode),
             # head trained on cached features of the test transform.
             linear_opts=list(_COMMON_OPTS),
+            finetune_opts=list(_COMMON_OPTS),
             # Half of mask_rcnn_demo.yaml's schedule (0.75 s / iteration on 2 cores).
             detection_opts=_COMMON_OPTS + ["SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(100, 133)"],
             visualize_args=["--size", "1200"],
-            estimates={"pretrain": 235, "global": 90, "convert": 6, "linear": 25,
+            estimates={"pretrain": 235, "global": 90, "convert": 6, "linear": 25, "finetune": 40,
                        "detection": 125, "visualize": 15},
         )
     pyramid = [
@@ -127,6 +136,13 @@ def demo_settings(tiny: bool) -> DemoSettings:
         "MODEL.SSPRL.HEAD_HIDDEN_DIM", "32",
         "MODEL.SSPRL.HEAD_OUT_DIM", "16",
         "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "1",
+        # fp32: at these 16-px crops (1x1 maps into res5) oneDNN's bf16 backward of ResNet-18's
+        # res5.0.conv1 sometimes gave NaN weights (2 of 6 runs); the demo's sizes never did.
+        "SOLVER.AMP.ENABLED", "False",
+        "TEST.KNN.PERIOD", "1",
+        "TEST.KNN.MAX_IMAGES", "16",
+        "INPUT.CLASSIFICATION.TEST_RESIZE", "36",
+        "INPUT.CLASSIFICATION.TEST_CROP_SIZE", "32",
     ]
     global_only = [
         "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
@@ -138,6 +154,12 @@ def demo_settings(tiny: bool) -> DemoSettings:
         global_opts=_COMMON_OPTS + toy + global_only,
         linear_opts=_COMMON_OPTS + [
             "SOLVER.EPOCHS", "1",
+            "INPUT.CLASSIFICATION.TRAIN_CROP_SIZE", "32",
+            "INPUT.CLASSIFICATION.TEST_RESIZE", "36",
+            "INPUT.CLASSIFICATION.TEST_CROP_SIZE", "32",
+        ],
+        finetune_opts=_COMMON_OPTS + [
+            "SOLVER.EPOCHS", "2",
             "INPUT.CLASSIFICATION.TRAIN_CROP_SIZE", "32",
             "INPUT.CLASSIFICATION.TEST_RESIZE", "36",
             "INPUT.CLASSIFICATION.TEST_CROP_SIZE", "32",
@@ -154,24 +176,33 @@ def demo_settings(tiny: bool) -> DemoSettings:
         ],
         visualize_args=["--size", "320", "--max-images", "16", "--num-prototypes", "4",
                         "--per-prototype", "2"],
-        estimates={"pretrain": 15, "global": 12, "convert": 5, "linear": 12, "detection": 25,
-                   "visualize": 8},
+        estimates={"pretrain": 15, "global": 12, "convert": 5, "linear": 12, "finetune": 12,
+                   "detection": 25, "visualize": 8},
     )
 
 
-def plan_demo(output_dir: str, tiny: bool = False, skip_baseline: bool = False) -> List[DemoStage]:
-    """The stages of the demo, in run order (all paths absolute)."""
+def plan_demo(
+    output_dir: str, tiny: bool = False, skip_baseline: bool = False, seed: int = 0
+) -> List[DemoStage]:
+    """The stages of the demo, in run order (all paths absolute).
+
+    ``seed`` is the SEED of every stage (pre-training, probes, fine-tunes, Mask R-CNN); the
+    10% label subset is the same for every seed.
+    """
     out = os.path.abspath(output_dir)
     st = demo_settings(tiny)
     est = st.estimates
     stages: List[DemoStage] = []
+    seed_opts = ["SEED", str(seed)]
+    subset = os.path.join(out, "finetune", "demo_train_10pct_seed0.txt")
 
     def pretrain(key: str, config: str, opts: List[str], title: str, estimate: float):
         run_dir = os.path.join(out, f"pretrain_{key}")
         pkl = os.path.join(out, "weights", f"{key}_demo_r18.pkl")
         stages.append(DemoStage(
             name=f"pretrain_{key}", title=title,
-            argv=["tools/train_net.py", "--config-file", config, *opts, "OUTPUT_DIR", run_dir],
+            argv=["tools/train_net.py", "--config-file", config, *opts, *seed_opts,
+                  "OUTPUT_DIR", run_dir],
             product=os.path.join(run_dir, "model_final.pth"), estimate_s=estimate,
         ))
         stages.append(DemoStage(
@@ -186,9 +217,20 @@ def plan_demo(output_dir: str, tiny: bool = False, skip_baseline: bool = False) 
         stages.append(DemoStage(
             name=f"linear_{key}", title=f"linear multi-label probe, {ROWS[key][0]}",
             argv=["tools/fast_linear_eval.py", "--config-file", LINEAR_CONFIG, *st.linear_opts,
-                  "MODEL.WEIGHTS", weights, "OUTPUT_DIR", run_dir],
+                  *seed_opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", run_dir],
             product=os.path.join(run_dir, "model_final.pth"), estimate_s=est["linear"],
-            deps=deps, row=key, columns=["linear_map"], output_dir=run_dir,
+            deps=deps, row=key, columns=["linear_map", "knn_map"], output_dir=run_dir,
+        ))
+
+    def finetune(key: str, weights: str, deps: Sequence[str]):
+        run_dir = os.path.join(out, "finetune", key)
+        stages.append(DemoStage(
+            name=f"finetune_{key}", title=f"fine-tune on 10% of the labels, {ROWS[key][0]}",
+            argv=["tools/train_net.py", "--config-file", FINETUNE_CONFIG, *st.finetune_opts,
+                  *seed_opts, "DATASETS.SSPRL.LABEL_SUBSET", subset,
+                  "MODEL.WEIGHTS", weights, "OUTPUT_DIR", run_dir],
+            product=os.path.join(run_dir, "model_final.pth"), estimate_s=est["finetune"],
+            deps=deps, row=key, columns=["finetune_map"], output_dir=run_dir,
         ))
 
     def detection(key: str, weights: str, deps: Sequence[str]):
@@ -196,7 +238,7 @@ def plan_demo(output_dir: str, tiny: bool = False, skip_baseline: bool = False) 
         stages.append(DemoStage(
             name=f"maskrcnn_{key}", title=f"Mask R-CNN fine-tune, {ROWS[key][0]}",
             argv=["tools/train_net.py", "--config-file", DETECTION_CONFIG, *st.detection_opts,
-                  "MODEL.WEIGHTS", weights, "OUTPUT_DIR", run_dir],
+                  *seed_opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", run_dir],
             product=os.path.join(run_dir, "model_final.pth"), estimate_s=est["detection"],
             deps=deps, row=key, columns=["box_ap", "mask_ap"], output_dir=run_dir,
         ))
@@ -205,6 +247,8 @@ def plan_demo(output_dir: str, tiny: bool = False, skip_baseline: bool = False) 
                    est["pretrain"])
     linear("ssprl", pkl, ["convert_ssprl"])
     linear("random", "", [])
+    finetune("ssprl", pkl, ["convert_ssprl"])
+    finetune("random", "", [])
     detection("ssprl", pkl, ["convert_ssprl"])
     detection("random", "", [])
     vis_dir = os.path.join(out, "visualizations")
@@ -220,6 +264,7 @@ def plan_demo(output_dir: str, tiny: bool = False, skip_baseline: bool = False) 
         gpkl = pretrain("global", GLOBAL_CONFIG, st.global_opts,
                         "global-only baseline pre-training (scale 0, same budget)", est["global"])
         linear("global", gpkl, ["convert_global"])
+        finetune("global", gpkl, ["convert_global"])
     return stages
 
 
@@ -252,20 +297,36 @@ def collect_metrics(output_dir: str, keys: Sequence[str]) -> Dict[str, float]:
                     found[key] = float(value)
                     break
     inference = os.path.join(output_dir, "inference")
-    missing = [k for k in keys if k not in found and k.startswith("classification/")]
-    if missing and os.path.isdir(inference):
-        files = sorted(
-            os.path.join(inference, d, "multilabel_results.json") for d in os.listdir(inference)
-        )
+    for prefix, file_name in _RESULT_FILES.items():
+        missing = [k for k in keys if k not in found and k.startswith(prefix)]
+        if not missing or not os.path.isdir(inference):
+            continue
+        files = sorted(os.path.join(inference, d, file_name) for d in os.listdir(inference))
         files = [p for p in files if os.path.isfile(p)]
         if len(files) == 1:
             with open(files[0]) as f:
                 results = json.load(f)
             for key in missing:
-                value = results.get(key.split("/", 1)[1])
+                value = results.get(key[len(prefix):])
                 if value is not None:
                     found[key] = float(value)
     return found
+
+
+def metric_curve(output_dir: str, key: str) -> List[Tuple[int, float]]:
+    """(iteration, value) of every line of ``output_dir/metrics.json`` that holds ``key``
+    (iterations counted from 1)."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    points = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                if key in row:
+                    points.append((int(row["iteration"]) + 1, float(row[key])))
+    return points
 
 
 # ------------------------------------------------------------------------------------ running
@@ -345,6 +406,7 @@ def run_demo(
     dry_run: bool = False,
     python: str = sys.executable,
     log: Callable[[str], None] = print,
+    seed: int = 0,
 ) -> Dict:
     """Run (or resume) the demo and write ``results.json`` / ``results.md`` into output_dir.
 
@@ -356,13 +418,14 @@ def run_demo(
         dry_run: only print the commands.
         python: interpreter of the stages.
         log: where progress lines go.
+        seed: SEED of every stage.
 
     Returns:
         the results dict written to ``results.json``.
     """
     out = os.path.abspath(output_dir)
     os.makedirs(out, exist_ok=True)
-    stages = plan_demo(out, tiny=tiny, skip_baseline=skip_baseline)
+    stages = plan_demo(out, tiny=tiny, skip_baseline=skip_baseline, seed=seed)
     state_file = os.path.join(out, "stages.json")
     state = _load_json(state_file)
     ran_now: Dict[str, float] = {}
@@ -510,18 +573,28 @@ def write_results(
         }
         for s in stages
     }
+    curves = {
+        key: metric_curve(os.path.join(output_dir, f"pretrain_{key}"), "knn/mAP")
+        for key in ("ssprl", "global")
+    }
+    curves = {k: v for k, v in curves.items() if v}
+    curve_png = os.path.join(output_dir, "knn_curve.png")
+    if curves:
+        plot_knn_curves(curves, rows.get("random", {}).get("knn_map"), curve_png)
     vis_dir = os.path.join(output_dir, "visualizations")
     figures = sorted(
         os.path.join(vis_dir, f) for f in os.listdir(vis_dir) if f.endswith(".png")
     ) if os.path.isdir(vis_dir) else []
     results = {
         "size": "tiny" if tiny else "full",
-        "dataset": "ssprl_demo_train / ssprl_demo_val (SYNTHETIC shapes on real photos)",
+        "dataset": "ssprl_demo_train / ssprl_demo_val (SYNTHETIC shapes on noise backgrounds)",
         "rows": rows,
         "delta_ssprl_minus_random": delta,
         "stages": stage_info,
         "total_seconds": round(sum(v["seconds"] or 0 for v in stage_info.values()), 1),
         "figures": figures,
+        "knn_curves": curves,
+        "knn_curve_png": curve_png if curves else None,
     }
     _dump_json(results, os.path.join(output_dir, "results.json"))
     with open(os.path.join(output_dir, "results.md"), "w") as f:
@@ -529,14 +602,30 @@ def write_results(
     return results
 
 
-# Printed under the full demo's table: what a CPU budget can and cannot show.
-_BUDGET_NOTE = (
-    "Reading the table: the demo pre-trains for a few hundred steps on 480 images, far below "
-    "what self-supervised learning needs to overtake the features of a random network on a "
-    "linear probe (even supervised training from scratch, with every label, needs more than 150 "
-    "steps on this data to do so; README, 'Demo results'). The demo shows the whole pipeline "
-    "and its measured numbers, not the paper's gains."
-)
+def plot_knn_curves(
+    curves: Dict[str, List[Tuple[int, float]]], random_level: Optional[float], path: str
+) -> None:
+    """PNG of the kNN monitor's mAP against pre-training iterations, one line per method, with
+    the random-init level as a dashed line."""
+    import matplotlib  # optional heavy dependency, only needed for the figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for key, points in curves.items():
+        its, values = zip(*points)
+        ax.plot(its, values, marker="o", markersize=3, label=ROWS[key][0])
+    if random_level is not None:
+        ax.axhline(random_level, color="grey", linestyle="--", label="Random init")
+    ax.set_xlabel("pre-training iteration")
+    ax.set_ylabel("kNN mAP on ssprl_demo_val (%)")
+    ax.set_title("kNN monitor during demo pre-training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def format_results_markdown(results: Dict) -> str:
@@ -546,20 +635,22 @@ def format_results_markdown(results: Dict) -> str:
         f"# ssprl_d2 demo results ({results['size']} size)",
         "",
         f"Data: {results['dataset']}. Linear mAP: frozen ResNet-18 backbone, linear multi-label "
-        "head, mean over classes of average precision (%), on ssprl_demo_val. Mask R-CNN: COCO "
-        "box / mask AP on ssprl_demo_val after a short fine-tune.",
+        "head, mean over classes of average precision (%), on ssprl_demo_val. kNN mAP: weighted "
+        "kNN vote (k=20, T=0.07) on the same frozen features. 10% fine-tune: the whole network "
+        "on 10% of the training labels. Mask R-CNN: COCO box / mask AP on ssprl_demo_val after a "
+        "short fine-tune.",
         "",
         "| weights | " + " | ".join(COLUMNS[c][0] for c in cols) + " |",
         "|---|" + "---:|" * len(cols),
     ]
     for key, row in results["rows"].items():
-        lines.append(f"| {ROWS[key][0]} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+        lines.append(f"| {ROWS[key][0]} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
     delta = results.get("delta_ssprl_minus_random") or {}
     if delta:
-        cells = ["—" if delta[c] is None else f"{delta[c]:+.1f}" for c in cols]
+        cells = ["—" if delta.get(c) is None else f"{delta[c]:+.1f}" for c in cols]
         lines.append("| **SS-PRL − random** | " + " | ".join(cells) + " |")
-    if results["size"] == "full":
-        lines += ["", _BUDGET_NOTE]
+    if results.get("knn_curve_png"):
+        lines += ["", "kNN monitor curve of the pre-trainings: knn_curve.png."]
     lines += ["", "| stage | time | command |", "|---|---:|---|"]
     for name, info in results["stages"].items():
         secs = "—" if info["seconds"] is None else format_duration(info["seconds"])
@@ -569,4 +660,96 @@ def format_results_markdown(results: Dict) -> str:
     if results["figures"]:
         lines += ["", "Figures: " + ", ".join(os.path.basename(p) for p in results["figures"])
                   + " (in visualizations/)."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------ seeds
+def run_demo_seeds(
+    output_dir: str, seeds: Sequence[int], log: Callable[[str], None] = print, **kwargs
+) -> Dict:
+    """Run the demo once per seed (``output_dir/seed<N>``) and write the mean, spread and range
+    of every cell to ``output_dir/seeds_results.{json,md}``.
+
+    Args:
+        output_dir: parent folder of the per-seed demo folders.
+        seeds: the SEED values (each run is a whole demo, resumable like :func:`run_demo`).
+        kwargs: passed to :func:`run_demo` (``tiny``, ``skip_baseline``, ``redo``, ...).
+
+    Returns:
+        the dict written to ``seeds_results.json``.
+    """
+    out = os.path.abspath(output_dir)
+    per_seed = {}
+    for seed in seeds:
+        log(f"[demo] ===== seed {seed} =====")
+        per_seed[seed] = run_demo(os.path.join(out, f"seed{seed}"), seed=seed, log=log, **kwargs)
+    if kwargs.get("dry_run"):
+        return {}
+    summary = summarize_seeds(per_seed)
+    _dump_json(summary, os.path.join(out, "seeds_results.json"))
+    with open(os.path.join(out, "seeds_results.md"), "w") as f:
+        f.write(format_seeds_markdown(summary))
+    log("")
+    log(_read(os.path.join(out, "seeds_results.md")))
+    return summary
+
+
+def summarize_seeds(per_seed: Dict[int, Dict]) -> Dict:
+    """Mean, standard deviation (n - 1), min and max of every (row, column) over the seeds, and
+    per column the SS-PRL minus random and SS-PRL minus global-only deltas of each seed."""
+    import numpy as np  # only for the summary statistics
+
+    seeds = sorted(per_seed)
+    cells: Dict[str, Dict[str, Dict]] = {}
+    for row in ROWS:
+        for col in COLUMNS:
+            values = [per_seed[s]["rows"].get(row, {}).get(col) for s in seeds]
+            if any(v is None for v in values):
+                continue
+            arr = np.asarray(values, dtype=np.float64)
+            cells.setdefault(row, {})[col] = {
+                "values": values, "mean": float(arr.mean()),
+                "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+                "min": float(arr.min()), "max": float(arr.max()),
+            }
+    deltas: Dict[str, Dict[str, List[float]]] = {}
+    for other in ("random", "global"):
+        for col in COLUMNS:
+            a, b = cells.get("ssprl", {}).get(col), cells.get(other, {}).get(col)
+            if a and b:
+                diffs = [x - y for x, y in zip(a["values"], b["values"])]
+                deltas.setdefault(other, {})[col] = diffs
+    return {"seeds": seeds, "cells": cells, "ssprl_minus": deltas}
+
+
+def format_seeds_markdown(summary: Dict) -> str:
+    """The per-seed summary as Markdown: mean ± std [min, max] per cell, then the deltas."""
+    cols = list(COLUMNS)
+    seeds = summary["seeds"]
+    lines = [
+        f"# ssprl_d2 demo over {len(seeds)} seeds ({', '.join(map(str, seeds))})",
+        "",
+        "Each cell: mean ± standard deviation [min, max] over the seeds (SEED of every stage).",
+        "",
+        "| weights | " + " | ".join(COLUMNS[c][0] for c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+
+    def cell(stats: Optional[Dict]) -> str:
+        if not stats:
+            return "—"
+        return f"{stats['mean']:.1f} ± {stats['std']:.1f} [{stats['min']:.1f}, {stats['max']:.1f}]"
+
+    for row, stats in summary["cells"].items():
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cell(stats.get(c)) for c in cols) + " |")
+    for other, label in (("random", "random init"), ("global", "global-only")):
+        deltas = summary["ssprl_minus"].get(other, {})
+        if not deltas:
+            continue
+        parts = []
+        for c in cols:
+            d = deltas.get(c)
+            parts.append("—" if not d else f"{sum(d) / len(d):+.1f} (" + ", ".join(
+                f"{v:+.1f}" for v in d) + ")")
+        lines.append(f"| **SS-PRL − {label}** (mean, per seed) | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ from ssprl_d2.data.multilabel import (
     get_multilabel_train_dicts,
 )
 from ssprl_d2.evaluation import MultiLabelEvaluator
+from ssprl_d2.evaluation.knn import knn_multilabel_map
 from ssprl_d2.modeling.classifier import multilabel_bce_loss
 from ssprl_d2.solver.classification import build_classifier_optimizer
 
@@ -160,12 +161,29 @@ def _features_of(
     return result
 
 
+def _knn_of_cached_features(
+    cfg: CfgNode, memory, memory_labels, queries, query_labels, name: str
+) -> float:
+    """The weighted kNN probe (TEST.KNN.K / TEMPERATURE) on the same cached features as the
+    linear head (the first training view), logged and written to
+    ``OUTPUT_DIR/inference/<name>/knn_results.json``."""
+    k, temperature = cfg.TEST.KNN.K, cfg.TEST.KNN.TEMPERATURE
+    value = knn_multilabel_map(memory, memory_labels, queries, query_labels, k, temperature)
+    logger.info(f"[fast linear] kNN probe on {name} (k={k}, T={temperature}): mAP {value:.2f}")
+    out_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+    PathManager.mkdirs(out_dir)
+    with PathManager.open(os.path.join(out_dir, "knn_results.json"), "w") as f:
+        json.dump({"mAP": value, "k": k, "temperature": temperature}, f)
+    return value
+
+
 def run_fast_linear(cfg: CfgNode) -> Dict:
     """Linear evaluation of MODEL.WEIGHTS on cached features; the fast path of a linear config.
 
     Loads the classifier, extracts the training features (FAST_LINEAR.TRAIN_AUG_PASSES) and the
     features of every DATASETS.TEST set, trains the head with the Trainer's optimizer and schedule,
-    evaluates it with :class:`MultiLabelEvaluator` and saves ``OUTPUT_DIR/model_final.pth``
+    evaluates it with :class:`MultiLabelEvaluator` (and a weighted kNN probe on the same
+    features, ``knn_results.json``) and saves ``OUTPUT_DIR/model_final.pth``
     (backbone + trained head, loadable with ``--eval-only``).
 
     Returns:
@@ -240,6 +258,7 @@ def run_fast_linear(cfg: CfgNode) -> Dict:
         results[name] = evaluator.evaluate()
         logger.info(f"[fast linear] evaluation results for {name}:")
         print_csv_format(results[name])
+        _knn_of_cached_features(cfg, features[0], labels, feats, test_labels, name)
     if cfg.OUTPUT_DIR:
         checkpointer.save("model_final")
     comm.synchronize()
