@@ -13,6 +13,7 @@ def add_ssprl_config(cfg: CN) -> CN:
     _add_solver_config(cfg)
     _add_classification_config(cfg)
     _add_data_config(cfg)
+    _add_input_trust_config(cfg)
     return cfg
 
 
@@ -209,3 +210,13 @@ def _add_data_config(cfg: CN) -> None:
     _C.DATASETS.SSPRL.LABEL_SUBSET_FRACTION = 0.0
     # Seed of the label-subset draw.
     _C.DATASETS.SSPRL.LABEL_SUBSET_SEED = 0
+
+
+def _add_input_trust_config(cfg: CN) -> None:
+    _C = cfg
+    # Load MODEL.WEIGHTS / resumed checkpoints with plain pickle (can run code from the file);
+    # False = tensors, numpy arrays, containers and the project's own checkpoint types only.
+    _C.MODEL.WEIGHTS_TRUST_PICKLE = False
+    # Instance mask format of detection training: "auto" (bitmask if any training annotation is
+    # RLE, else polygon; logged at start-up), "polygon" or "bitmask".
+    _C.INPUT.MASK_FORMAT = "auto"

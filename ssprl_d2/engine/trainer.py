@@ -6,13 +6,16 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ssprl_d2.checkpoint import SSPRLCheckpointer
+from ssprl_d2.data.mask_format import build_instance_train_loader
+
+from .preflight import check_output_dir, checkpoint_bytes
 from .setup import TASK_CLASSIFY, TASK_DETECT, TASK_PRETRAIN, task_of
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
         model = self.build_model(cfg)
+        if comm.is_main_process():  # only rank 0 writes checkpoints
+            check_output_dir(cfg.OUTPUT_DIR, checkpoint_bytes(model))
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         find_unused = task_of(cfg) == TASK_PRETRAIN or (
@@ -51,8 +56,11 @@ class Trainer(DefaultTrainer):
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        self.checkpointer = SSPRLCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -77,7 +85,7 @@ class Trainer(DefaultTrainer):
             from ssprl_d2.data.multilabel import build_multilabel_train_loader
 
             return build_multilabel_train_loader(cfg)
-        return super().build_train_loader(cfg)
+        return build_instance_train_loader(cfg)  # default loader, mask format from the data
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
