@@ -6,7 +6,7 @@ import os
 import weakref
 
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
@@ -129,13 +129,19 @@ class Trainer(DefaultTrainer):
         return super().test(cfg, model, evaluators)
 
     def build_hooks(self):
-        hooks = super().build_hooks()
+        ret = super().build_hooks()
+        if comm.get_world_size() > 1 and not comm.is_main_process():
+            # SSPRLCheckpointer.save gathers every rank's queues, so every rank calls it (only
+            # rank 0 writes); Detectron2 adds the checkpointer hook on rank 0 only, before eval.
+            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+            period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+            ret.insert(at, hooks.PeriodicCheckpointer(self.checkpointer, period))
         if task_of(self.cfg) == TASK_PRETRAIN:
             from .hooks import build_pretrain_hooks
 
             # Insert before the writers (the last hook) so their state is logged this step.
-            hooks[-1:-1] = build_pretrain_hooks(self.cfg)
-        return hooks
+            ret[-1:-1] = build_pretrain_hooks(self.cfg)
+        return ret
 
 
 class _NoOpGradScaler:
