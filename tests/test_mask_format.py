@@ -2,6 +2,7 @@
 annotations (RLE -> bitmask), an explicit INPUT.MASK_FORMAT wins and an impossible one fails at
 start-up naming the key; multi-label targets keep every category of an image's annotations."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -98,7 +99,13 @@ def _detection_cfg(tmp_path, name, extra=()):
 
 def test_rle_coco_json_trains_mask_rcnn(tmp_path, caplog):
     cfg = _detection_cfg(tmp_path, "test_mask_format_rle")
-    trainer = Trainer(cfg)
+    project_logger = logging.getLogger("ssprl_d2")  # set up not to propagate to the root
+    project_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="ssprl_d2.data.mask_format"):
+            trainer = Trainer(cfg)
+    finally:
+        project_logger.removeHandler(caplog.handler)
     assert "-> INPUT.MASK_FORMAT bitmask" in caplog.text
     trainer.resume_or_load(resume=False)
     trainer.train()
