@@ -156,7 +156,7 @@ def _loader_checks(root, cases, workers):
             it = iter(build_pretrain_train_loader(cfg))
             for _ in range(12):
                 next(it)
-            result = "trained 12 batches"
+            result = "loaded 12 batches"
         except Exception as e:
             result = f"stopped: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
         print(
