@@ -14,6 +14,7 @@ def add_ssprl_config(cfg: CN) -> CN:
     _add_classification_config(cfg)
     _add_data_config(cfg)
     _add_knn_config(cfg)
+    _add_input_trust_config(cfg)
     return cfg
 
 
@@ -239,3 +240,13 @@ def _add_knn_config(cfg: CN) -> None:
     # Keep the decoded, transformed uint8 images in memory after the first evaluation (about
     # 3 x TEST_CROP_SIZE^2 bytes per image, split over the processes).
     _C.TEST.KNN.CACHE_IMAGES = True
+
+
+def _add_input_trust_config(cfg: CN) -> None:
+    _C = cfg
+    # Load MODEL.WEIGHTS / resumed checkpoints with plain pickle (can run code from the file);
+    # False = tensors, numpy arrays, containers and the project's own checkpoint types only.
+    _C.MODEL.WEIGHTS_TRUST_PICKLE = False
+    # Instance mask format of detection training: "auto" (bitmask if any training annotation is
+    # RLE, else polygon; logged at start-up), "polygon" or "bitmask".
+    _C.INPUT.MASK_FORMAT = "auto"

@@ -10,8 +10,9 @@ Mask R-CNN transfer, picked by the config.
 Multi-node: add --num-machines N --machine-rank R --dist-url tcp://HOST:PORT (Detectron2 launch).
 """
 import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datasets)
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
+
+from ssprl_d2.checkpoint import SSPRLCheckpointer
 
 from ssprl_d2.engine import Trainer, finish_distributed, setup, task_of
 
@@ -26,9 +27,10 @@ def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
+        checkpointer = SSPRLCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE
         )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     if cfg.MODEL.CLASSIFIER.FAST_LINEAR.ENABLED and task_of(cfg) == "classification":
         from ssprl_d2.engine.fast_linear import run_fast_linear

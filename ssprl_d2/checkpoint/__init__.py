@@ -1,5 +1,7 @@
 """Checkpoint conversion: ResNet weights (ssprl_d2, SS-PRL release, SwAV, MoCo, torchvision) to
-Detectron2 ``.pkl`` and torchvision formats. The CLI is ``tools/convert_to_d2.py``."""
+Detectron2 ``.pkl`` and torchvision formats (the CLI is ``tools/convert_to_d2.py``), and the
+checkpointer of every job, which loads weights without running code from them."""
+from .checkpointer import TRUST_KEY, SSPRLCheckpointer, read_weights_file  # noqa: F401
 from .convert import (  # noqa: F401
     D2_AUTHOR,
     ConversionError,

@@ -87,6 +87,10 @@ _D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.(conv\d|shortcut)\.(weight|norm\.(\
 _LEGACY_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _ZIP_MAGIC = b"PK\x03\x04"
 
+# Non-tensor types that the project's own torch checkpoints hold, allowed under
+# ``weights_only=True``. Measured on checkpoints of every job (tests/test_weights_trust.py).
+SAFE_TORCH_GLOBALS: List[Any] = []
+
 
 class ConversionError(Exception):
     """A checkpoint cannot be converted; the message says why and what to do."""
@@ -142,11 +146,11 @@ class _DisallowedGlobal(pickle.UnpicklingError):
     pass
 
 
-def _refuse_message(path: str, detail: str) -> str:
+def _refuse_message(path: str, detail: str, trust_hint: str) -> str:
     return (
         f"{path}: refusing to unpickle: the file contains Python objects other than tensors, "
         f"arrays and containers ({detail}). Unpickling them could run arbitrary code. If you trust "
-        "the file's source, rerun with --trust-pickle."
+        f"the file's source, {trust_hint}."
     )
 
 
@@ -158,17 +162,23 @@ def _corrupt_message(path: str, err: BaseException) -> str:
     )
 
 
-def load_checkpoint(path: str, trust_pickle: bool = False) -> Any:
+def load_checkpoint(
+    path: str, trust_pickle: bool = False, trust_hint: str = "rerun with --trust-pickle"
+) -> Any:
     """Read a checkpoint file without executing code from it (unless ``trust_pickle``).
 
-    Handles ``torch.save`` files (zip and legacy formats) through
-    ``torch.load(..., weights_only=True)`` and plain pickles of numpy arrays (Detectron2 ``.pkl``)
-    through an unpickler that allows arrays and containers only.
+    The one place of the project that reads a checkpoint from disk (the converter, the
+    checkpointer of every job and the start-up checks call it). Handles ``torch.save`` files
+    (zip and legacy formats) through ``torch.load(..., weights_only=True)``, which also accepts
+    the few non-tensor types of the project's own checkpoints (:data:`SAFE_TORCH_GLOBALS`), and
+    plain pickles of numpy arrays (Detectron2 ``.pkl``) through an unpickler that allows arrays
+    and containers only. The file's content decides, not its extension.
 
     Args:
         path: checkpoint file.
         trust_pickle: allow arbitrary pickled objects (``weights_only=False``). Only for files
             from a trusted source.
+        trust_hint: how the user opts out, ended into the refusal message (e.g. the config key).
 
     Returns:
         the unpickled object.
@@ -185,11 +195,12 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> Any:
     is_torch = head.startswith(_ZIP_MAGIC) or _LEGACY_TORCH_MAGIC in head
     if is_torch:
         try:
-            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+            with torch.serialization.safe_globals(SAFE_TORCH_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
         except pickle.UnpicklingError as e:
             if not trust_pickle and "Weights only load failed" in str(e):
                 detail = _unsupported_global(str(e)) or "see torch.load weights_only"
-                raise ConversionError(_refuse_message(path, detail)) from None
+                raise ConversionError(_refuse_message(path, detail, trust_hint)) from None
             raise ConversionError(_corrupt_message(path, e)) from None
         except Exception as e:  # torch raises RuntimeError/EOFError/KeyError/... on bad files
             raise ConversionError(_corrupt_message(path, e)) from None
@@ -200,7 +211,7 @@ def load_checkpoint(path: str, trust_pickle: bool = False) -> Any:
                 return pickle.load(f, encoding="latin1")
             return _ArrayOnlyUnpickler(f, encoding="latin1").load()
     except _DisallowedGlobal as e:
-        raise ConversionError(_refuse_message(path, f"global {e}")) from None
+        raise ConversionError(_refuse_message(path, f"global {e}", trust_hint)) from None
     except Exception as e:
         raise ConversionError(_corrupt_message(path, e)) from None
 

@@ -23,12 +23,19 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from PIL import Image
 
-__all__ = ["SkippedImagesLogger", "num_skipped_images", "read_image_or_none"]
+__all__ = ["SkippedImagesLogger", "note_image_read", "num_skipped_images", "read_image_or_none"]
 
 logger = logging.getLogger(__name__)
 
 # Shared with fork-started workers; see the module docstring.
 _SKIPPED = multiprocessing.Value("q", 0)
+# Reads attempted (successful or not), shared the same way.
+_READS = multiprocessing.Value("q", 0)
+# Stop when at least this many reads failed and they are more than MAX_FAILED_FRACTION of all:
+# Detectron2's MapDataset retries other indices forever, so a dataset of unreadable files
+# would otherwise spin without ever training.
+MIN_FAILED_TO_STOP = 20
+MAX_FAILED_FRACTION = 0.5
 
 # What PIL and the file layer raise for missing, truncated, corrupt or non-image files.
 _READ_ERRORS = (
@@ -43,7 +50,9 @@ _READ_ERRORS = (
 )
 
 
-def read_image_or_none(file_name: str, format: Optional[str] = "RGB") -> Optional[np.ndarray]:
+def read_image_or_none(
+    file_name: str, format: Optional[str] = "RGB", count_read: bool = True
+) -> Optional[np.ndarray]:
     """Like ``detectron2.data.detection_utils.read_image``, but ``None`` for an unreadable file.
 
     A failure is logged as a warning with the file name and the reason, and counted (see
@@ -52,17 +61,36 @@ def read_image_or_none(file_name: str, format: Optional[str] = "RGB") -> Optiona
     Args:
         file_name: path (or PathManager URI) of the image.
         format: as in ``read_image`` ("RGB", "BGR", "L", ...).
+        count_read: count this call as one image read (False when the caller already did, see
+            :func:`note_image_read`).
 
     Returns:
         the HWC uint8 image, or ``None``.
     """
+    if count_read:
+        note_image_read()
     try:
         return read_image(file_name, format=format)
     except _READ_ERRORS as e:
         with _SKIPPED.get_lock():
             _SKIPPED.value += 1
+            failed = _SKIPPED.value
         logger.warning(f"Skipping unreadable image {file_name}: {type(e).__name__}: {e}")
+        reads = int(_READS.value)
+        if failed >= MIN_FAILED_TO_STOP and failed > MAX_FAILED_FRACTION * reads:
+            raise RuntimeError(
+                f"{failed} of the last {reads} image reads of this process failed (latest: "
+                f"{file_name}: {type(e).__name__}: {e}). Most of the dataset is unreadable: "
+                "check the image files and the dataset paths."
+            ) from None
         return None
+
+
+def note_image_read() -> None:
+    """Count one image read; for readers that decode without :func:`read_image_or_none` and
+    fall back to it (with ``count_read=False``) only on failure."""
+    with _READS.get_lock():
+        _READS.value += 1
 
 
 def num_skipped_images() -> int:

@@ -109,6 +109,47 @@ def to_multilabel_dicts(
     return out
 
 
+def coco_json_labels(dataset_name: str) -> Optional[Dict[object, List[int]]]:
+    """Contiguous category ids of every annotation of each image, read from the dataset's COCO
+    json itself (crowd and invalid-polygon annotations included).
+
+    Detectron2's COCO loader drops annotations whose polygons are all invalid, so a class could
+    vanish from an image's targets; an image's labels are every category of its annotations.
+
+    Returns:
+        image id -> sorted contiguous ids; None if the dataset has no COCO json (e.g. VOC), or
+        its metadata has no ``thing_dataset_id_to_contiguous_id`` (load it first).
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    json_file = meta.get("json_file", None)
+    id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if not json_file or id_map is None:
+        return None
+    with open(json_file) as f:
+        anns = json.load(f).get("annotations", [])
+    labels: Dict[object, set] = {}
+    for ann in anns:
+        if ann["category_id"] in id_map:
+            labels.setdefault(ann["image_id"], set()).add(id_map[ann["category_id"]])
+    return {k: sorted(v) for k, v in labels.items()}
+
+
+def _dicts_with_json_labels(names: Sequence[str]) -> List[Dict]:
+    """``get_detection_dataset_dicts`` of ``names`` (no filtering), with the annotations of COCO
+    json datasets replaced by one per category of :func:`coco_json_labels`."""
+    out = []
+    for name in names:
+        dicts = get_detection_dataset_dicts([name], filter_empty=False)
+        labels = coco_json_labels(name)
+        if labels is not None:
+            dicts = [
+                dict(d, annotations=[{"category_id": c} for c in labels.get(d["image_id"], [])])
+                for d in dicts
+            ]
+        out.extend(dicts)
+    return out
+
+
 # ------------------------------------------------------------------------ VOC 2007 cls
 def load_voc_cls_dicts(
     dirname: str, split: str, class_names: Sequence[str] = VOC_CLASSES
@@ -284,7 +325,7 @@ def get_multilabel_train_dicts(cfg: CfgNode) -> List[Dict]:
 
     ccfg = cfg.MODEL.CLASSIFIER
     names = list(cfg.DATASETS.TRAIN)
-    dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    dicts = _dicts_with_json_labels(names)
     for name in names:
         check_num_classes(name, ccfg.NUM_CLASSES)
     dcfg = cfg.DATASETS.SSPRL
@@ -300,7 +341,7 @@ def get_multilabel_test_dicts(cfg: CfgNode, dataset_name: str) -> List[Dict]:
     from ssprl_d2.modeling.classifier import check_num_classes
 
     ccfg = cfg.MODEL.CLASSIFIER
-    dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    dicts = _dicts_with_json_labels([dataset_name])
     check_num_classes(dataset_name, ccfg.NUM_CLASSES)
     return to_multilabel_dicts(dicts, ccfg.NUM_CLASSES, ccfg.IGNORE_VALUE, dataset_name)
 

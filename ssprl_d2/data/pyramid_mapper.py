@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import roi_align
 
-from .image_io import read_image_or_none
+from .image_io import note_image_read, read_image_or_none
 from .photometric import apply_photometric, sample_photometric_params, truncate_to_uint8
 from .photometric_numba import apply_photometric_numba, warm_up_numba_kernel
 
@@ -464,6 +464,7 @@ def read_rgb_tensor(file_name: str) -> Optional[torch.Tensor]:
     without its extra copies. Unreadable files go through :func:`read_image_or_none`, which
     logs and counts them, and give None.
     """
+    note_image_read()
     try:
         with PathManager.open(file_name, "rb") as f:
             data = bytearray(f.read())
@@ -490,7 +491,7 @@ def _read_rgb_tensor_pil(file_name: str) -> Optional[torch.Tensor]:
                 img = img.convert("RGB")
             array = np.asarray(img)
     except Exception:
-        array = read_image_or_none(file_name, format="RGB")
+        array = read_image_or_none(file_name, format="RGB", count_read=False)
         if array is None:
             return None
     # The array may be read-only; it is never written to.

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import print_csv_format
@@ -27,6 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
+from ssprl_d2.checkpoint import SSPRLCheckpointer, read_weights_file
 from ssprl_d2.data.multilabel import (
     MultiLabelDatasetMapper,
     get_multilabel_test_dicts,
@@ -142,8 +142,7 @@ def _features_of(
     if cache_file and PathManager.exists(cache_file):
         logger.info(f"[fast linear] reusing cached features {cache_file}")
         if comm.is_main_process():
-            with PathManager.open(cache_file, "rb") as f:
-                data = torch.load(f, weights_only=False)
+            data = read_weights_file(PathManager.get_local_path(cache_file))
             return data["features"], data["labels"], data["image_ids"]
         return None
     mapper = MultiLabelDatasetMapper(cfg, is_train=is_train, skip_unreadable=is_train)
@@ -194,7 +193,9 @@ def run_fast_linear(cfg: CfgNode) -> Dict:
     if cfg.MODEL.CLASSIFIER.MODE != "linear":
         raise ValueError("Fast linear evaluation needs MODEL.CLASSIFIER.MODE 'linear'.")
     model = build_model(cfg)
-    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer = SSPRLCheckpointer(
+        model, save_dir=cfg.OUTPUT_DIR, trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE
+    )
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     cache_dir = os.path.join(cfg.OUTPUT_DIR, "fast_linear_cache") if fcfg.CACHE_TO_DISK else None
     if cache_dir and not cfg.MODEL.WEIGHTS and cfg.SEED < 0:

@@ -12,6 +12,9 @@ from detectron2.utils.logger import setup_logger
 
 from ssprl_d2.config import add_ssprl_config
 from ssprl_d2.evaluation.knn import validate_knn_config
+from ssprl_d2.data.mask_format import MASK_FORMATS
+
+from .preflight import run_preflight
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,9 @@ def setup(args) -> CfgNode:
     """Create the config from ``default_argument_parser()`` args and run Detectron2's setup."""
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    # Before default_setup writes its first file: an unusable OUTPUT_DIR or MODEL.WEIGHTS fails
+    # here with the key's name.
+    run_preflight(cfg, resume=getattr(args, "resume", False))
     default_setup(cfg, args)
     # Detectron2 sets up its own and the "fvcore" loggers; ours too, for every rank's file.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ssprl_d2")
@@ -113,6 +119,10 @@ def validate_config(cfg: CfgNode) -> None:
 
         validate_classifier_config(cfg)
     validate_knn_config(cfg)
+    if cfg.INPUT.MASK_FORMAT not in MASK_FORMATS:
+        raise ValueError(
+            f"INPUT.MASK_FORMAT must be one of {MASK_FORMATS}: {cfg.INPUT.MASK_FORMAT!r}"
+        )
     if cfg.SOLVER.OPTIMIZER not in ("SGD", "LARS"):
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'LARS', got {cfg.SOLVER.OPTIMIZER!r}")
     if cfg.SOLVER.AMP.PRECISION not in ("float16", "bfloat16"):

@@ -7,13 +7,16 @@ import time
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ssprl_d2.checkpoint import SSPRLCheckpointer
+from ssprl_d2.data.mask_format import build_instance_train_loader
+
+from .preflight import check_output_dir, checkpoint_bytes
 from .setup import TASK_CLASSIFY, TASK_DETECT, TASK_PRETRAIN, task_of
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
         model = self.build_model(cfg)
+        if comm.is_main_process():  # only rank 0 writes checkpoints
+            check_output_dir(cfg.OUTPUT_DIR, checkpoint_bytes(model))
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         find_unused = task_of(cfg) == TASK_PRETRAIN or (
@@ -55,8 +60,11 @@ class Trainer(DefaultTrainer):
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        self.checkpointer = SSPRLCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -81,7 +89,7 @@ class Trainer(DefaultTrainer):
             from ssprl_d2.data.multilabel import build_multilabel_train_loader
 
             return build_multilabel_train_loader(cfg)
-        return super().build_train_loader(cfg)
+        return build_instance_train_loader(cfg)  # default loader, mask format from the data
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -125,13 +133,19 @@ class Trainer(DefaultTrainer):
         return super().test(cfg, model, evaluators)
 
     def build_hooks(self):
-        hooks = super().build_hooks()
+        ret = super().build_hooks()
+        if comm.get_world_size() > 1 and not comm.is_main_process():
+            # SSPRLCheckpointer.save gathers every rank's queues, so every rank calls it (only
+            # rank 0 writes); Detectron2 adds the checkpointer hook on rank 0 only, before eval.
+            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+            period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+            ret.insert(at, hooks.PeriodicCheckpointer(self.checkpointer, period))
         if task_of(self.cfg) == TASK_PRETRAIN:
             from .hooks import build_pretrain_hooks
 
             # Insert before the writers (the last hook) so their state is logged this step.
-            hooks[-1:-1] = build_pretrain_hooks(self.cfg)
-        return hooks
+            ret[-1:-1] = build_pretrain_hooks(self.cfg)
+        return ret
 
 
 class CPUAutocastTrainer(SimpleTrainer):

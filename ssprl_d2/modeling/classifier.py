@@ -6,7 +6,6 @@ backbone (weights and BatchNorm statistics), ``finetune`` trains everything.
 """
 import logging
 import os
-import pickle
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -16,6 +15,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from torch import nn
+
+from ssprl_d2.checkpoint import read_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -183,19 +184,18 @@ def _is_local_path(path: str) -> bool:
     return "://" not in path
 
 
-def read_checkpoint_state_dict(path: str) -> Dict[str, object]:
-    """The name -> array mapping that :class:`DetectionCheckpointer` would load from ``path``.
+def read_checkpoint_state_dict(path: str, trust_pickle: bool = False) -> Dict[str, object]:
+    """The name -> array mapping that :class:`SSPRLCheckpointer` would load from ``path``.
 
     Handles Detectron2 / Caffe2 ``.pkl`` files and torch checkpoints (``{"model": ...}`` or a bare
-    state dict). Only names and shapes are used by the callers.
+    state dict), read without running code (see :func:`ssprl_d2.checkpoint.read_weights_file`).
+    Only names and shapes are used by the callers.
     """
-    if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+    data = read_weights_file(path, trust_pickle)
+    if path.endswith(".pkl") and isinstance(data, dict):
         if "model" in data and "__author__" in data:
             return data["model"]
         return data.get("blobs", data)
-    data = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     return data if isinstance(data, dict) else {}
@@ -262,7 +262,9 @@ def validate_classifier_config(cfg: CfgNode) -> None:
                 "(tools/convert_to_d2.py), an ssprl_d2 checkpoint, or '' for random init."
             )
         check_head_compatibility(
-            read_checkpoint_state_dict(weights), ccfg.NUM_CLASSES, f"MODEL.WEIGHTS={weights}"
+            read_checkpoint_state_dict(weights, cfg.MODEL.WEIGHTS_TRUST_PICKLE),
+            ccfg.NUM_CLASSES,
+            f"MODEL.WEIGHTS={weights}",
         )
 
 

@@ -45,9 +45,13 @@ class FeatureQueue(nn.Module):
     """FIFO queues of past embeddings (one per slot: assignment crop or pyramid view).
 
     The embeddings are only used to enlarge the Sinkhorn batch; they carry no gradient. The
-    state lives in persistent buffers, so Detectron2 checkpoints save it and ``--resume``
-    restores it.
+    state lives in persistent buffers and differs between ranks: ``per_rank_state`` makes
+    :class:`ssprl_d2.checkpoint.SSPRLCheckpointer` save every rank's copy, so ``--resume``
+    restores each rank its own queue.
     """
+
+    # Read by SSPRLCheckpointer: the buffers are saved and restored per rank.
+    per_rank_state = True
 
     def __init__(self, num_slots: int, length: int, dim: int):
         super().__init__()
@@ -58,6 +62,12 @@ class FeatureQueue(nn.Module):
     @property
     def is_full(self) -> bool:
         return self.length > 0 and int(self.num_filled) >= self.length
+
+    @torch.no_grad()
+    def reset_(self) -> None:
+        """Empty the queue; it is used again once refilled."""
+        self.features.zero_()
+        self.num_filled.zero_()
 
     @torch.no_grad()
     def push(self, new: List[torch.Tensor]) -> None:

@@ -27,6 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, HPacker, OffsetImage, TextArea, VPacker
 from torch import nn
 
+from ssprl_d2.checkpoint import SSPRLCheckpointer
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -158,7 +160,6 @@ def load_ssprl_checkpoint(
     Returns:
         (model, cfg).
     """
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
     from ssprl_d2.engine.setup import load_config, task_of
@@ -173,7 +174,7 @@ def load_ssprl_checkpoint(
     if task_of(cfg) != "pretrain":
         raise ValueError(f"{config_file} is not an SS-PRL pre-training config")
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(checkpoint)
+    SSPRLCheckpointer(model, trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE).load(checkpoint)
     model.eval()
     return model, cfg
 
