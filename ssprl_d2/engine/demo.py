@@ -118,7 +118,7 @@ def demo_settings(tiny: bool) -> DemoSettings:
             # Half of mask_rcnn_demo.yaml's schedule (0.75 s / iteration on 2 cores).
             detection_opts=_COMMON_OPTS + ["SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(100, 133)"],
             visualize_args=["--size", "1200"],
-            estimates={"pretrain": 235, "global": 90, "convert": 6, "linear": 25, "finetune": 40,
+            estimates={"pretrain": 520, "global": 210, "convert": 6, "linear": 25, "finetune": 20,
                        "detection": 125, "visualize": 15},
         )
     pyramid = [
@@ -136,9 +136,6 @@ def demo_settings(tiny: bool) -> DemoSettings:
         "MODEL.SSPRL.HEAD_HIDDEN_DIM", "32",
         "MODEL.SSPRL.HEAD_OUT_DIM", "16",
         "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "1",
-        # fp32: at these 16-px crops (1x1 maps into res5) oneDNN's bf16 backward of ResNet-18's
-        # res5.0.conv1 sometimes gave NaN weights (2 of 6 runs); the demo's sizes never did.
-        "SOLVER.AMP.ENABLED", "False",
         "TEST.KNN.PERIOD", "1",
         "TEST.KNN.MAX_IMAGES", "16",
         "INPUT.CLASSIFICATION.TEST_RESIZE", "36",
