@@ -54,7 +54,9 @@ class SafeDatasetMapper(DatasetMapper):
         if sem_seg is not None:
             record["sem_seg"] = torch.as_tensor(sem_seg.astype("long"))
         if self.proposal_topk is not None:
-            utils.transform_proposals(record, image_shape, transforms, proposal_topk=self.proposal_topk)
+            utils.transform_proposals(
+                record, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
         if not self.is_train:
             record.pop("annotations", None)
             return record
