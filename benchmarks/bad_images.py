@@ -6,7 +6,7 @@
 Cases: zero-byte, truncated and non-image files; CMYK JPEG and 16-bit PNG; palette+alpha,
 grayscale and EXIF-rotated images; a PNG whose header claims 40000 x 40000 pixels (a
 decompression bomb). Decoders: pre-training (``read_rgb_tensor``), classification
-(``read_image_or_none``), detection (Detectron2's ``read_image``, used by its DatasetMapper).
+(``read_image_or_none``), detection (the Mask R-CNN train mapper, ``SafeDatasetMapper``).
 Then a real pre-training loader with ``--workers`` workers over all cases plus good images
 (the skip count summed over the workers), and one over broken files only (must stop).
 Prints Markdown tables (the README's reliability section).
@@ -20,9 +20,9 @@ import time
 import zlib
 
 import numpy as np
-from detectron2.data.detection_utils import read_image
 from PIL import Image
 
+from ssprl_d2.data.detection_mapper import SafeDatasetMapper
 from ssprl_d2.data.image_io import num_skipped_images, read_image_or_none
 from ssprl_d2.data.pyramid_mapper import read_rgb_tensor
 
@@ -91,13 +91,24 @@ def _outcome(array, expected):
     return "decoded correctly" if err <= 3 else f"decoded, max error {err} (wrong pixels)"
 
 
+def _detection_decoder():
+    """The detection train mapper without augmentations: HWC RGB array, or None if skipped."""
+    mapper = SafeDatasetMapper(is_train=True, augmentations=[], image_format="RGB")
+
+    def decode(path):
+        out = mapper({"file_name": path, "annotations": []})
+        return None if out is None else out["image"].permute(1, 2, 0).numpy()
+
+    return decode
+
+
 def decoder_table(cases):
     decoders = {
         "pre-training": lambda p: (
             None if (t := read_rgb_tensor(p)) is None else t.permute(1, 2, 0).numpy()
         ),
         "classification": lambda p: read_image_or_none(p, format="RGB"),
-        "detection": lambda p: read_image(p, format="RGB"),
+        "detection": _detection_decoder(),
     }
     rows = ["| case | " + " | ".join(decoders) + " |", "|---" * (len(decoders) + 1) + "|"]
     for name, (path, expected) in cases.items():

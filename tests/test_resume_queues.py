@@ -61,8 +61,8 @@ def _worker(folder, out_dir, stop_at, resume):
     finish_distributed()
 
 
-def _final_state(out, rank):
-    return torch.load(os.path.join(out, f"state_rank{rank}_None_{'cut' in out}.pth"))
+def _final_state(out, rank, resumed):
+    return torch.load(os.path.join(out, f"state_rank{rank}_None_{resumed}.pth"))
 
 
 def test_two_process_resume_restores_each_rank_queue(tmp_path):
@@ -78,23 +78,31 @@ def test_two_process_resume_restores_each_rank_queue(tmp_path):
     assert not torch.equal(per_rank[0]["queues.1.features"], per_rank[1]["queues.1.features"])
     launch(_worker, 2, dist_url="auto", args=(folder, cut, None, True))
     for rank in range(2):
-        a, b = _final_state(full, rank), _final_state(cut, rank)
+        a, b = _final_state(full, rank, False), _final_state(cut, rank, True)
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"rank {rank} {k}")
-    r0, r1 = _final_state(cut, 0), _final_state(cut, 1)
+    r0, r1 = _final_state(cut, 0, True), _final_state(cut, 1, True)
     torch.testing.assert_close(r0["backbone.stem.conv1.weight"], r1["backbone.stem.conv1.weight"])
 
 
 def _train_cmd(folder, out, resume=False):
+    # Checkpoints after iterations 3, 7 and 11; queues full from iteration 2 on.
     opts = [
         "DATASETS.SSPRL.IMAGE_FOLDERS", f"[['kill_resume', '{folder}']]",
         "DATASETS.TRAIN", "('kill_resume',)", "OUTPUT_DIR", out, *TINY_OPTS,
-        "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "4",
+        "SOLVER.MAX_ITER", "14", "SOLVER.CHECKPOINT_PERIOD", "4",
         "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "1",
     ]  # fmt: skip
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"),
            "--config-file", config_path("configs/ssprl_demo.yaml")]
     return cmd + (["--resume"] if resume else []) + opts
+
+
+def _run_logged(cmd, log):
+    """Run ``cmd`` to the end with its output in the file ``log`` (kept after a failure)."""
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT).returncode
+    assert rc == 0, f"{' '.join(cmd[:4])} ... failed ({rc}), see {log}"
 
 
 def _env():
@@ -103,27 +111,38 @@ def _env():
     return env
 
 
+def _last_checkpoint(out):
+    try:
+        with open(os.path.join(out, "last_checkpoint")) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def test_sigkill_then_resume_reproduces_uninterrupted_weights(tmp_path):
     folder = write_image_folder(str(tmp_path / "imgs"), n=12)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-    subprocess.run(_train_cmd(folder, full), check=True, env=_env(), capture_output=True)
+    _run_logged(_train_cmd(folder, full), str(tmp_path / "full.log"))
 
-    proc = subprocess.Popen(
-        _train_cmd(folder, cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    tag, deadline = os.path.join(cut, "last_checkpoint"), time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isfile(tag) and open(tag).read().strip() == "model_0000007.pth":
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with open(tmp_path / "cut.log", "w") as log:
+        proc = subprocess.Popen(
+            _train_cmd(folder, cut), env=_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        # No wall-clock deadline: the run's own end bounds the wait (the machine may be slow).
+        while proc.poll() is None and not _last_checkpoint(cut).startswith("model_0"):
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the run ended before it could be killed: {tmp_path}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = _last_checkpoint(cut)
+    assert killed_at in ("model_0000003.pth", "model_0000007.pth", "model_0000011.pth")
     assert not os.path.exists(os.path.join(cut, "model_final.pth"))
-    subprocess.run(_train_cmd(folder, cut, resume=True), check=True, env=_env(),
-                   capture_output=True)
+    _run_logged(_train_cmd(folder, cut, resume=True), str(tmp_path / "resume.log"))
+    with open(tmp_path / "resume.log") as f:
+        assert f"Starting training from iteration {int(killed_at[6:13]) + 1}" in f.read()
     a = torch.load(os.path.join(full, "model_final.pth"), weights_only=True)["model"]
     b = torch.load(os.path.join(cut, "model_final.pth"), weights_only=True)["model"]
     assert a.keys() == b.keys()
+    assert int(b["queues.1.num_filled"]) > 0  # the resumed queues were in use
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -18,12 +18,19 @@ import zlib
 from typing import Optional
 
 import numpy as np
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.engine import HookBase
 from detectron2.utils import comm
-from PIL import Image
+from detectron2.utils.file_io import PathManager
+from PIL import Image, ImageOps
 
-__all__ = ["SkippedImagesLogger", "note_image_read", "num_skipped_images", "read_image_or_none"]
+__all__ = [
+    "SkippedImagesLogger",
+    "note_image_read",
+    "num_skipped_images",
+    "read_image_array",
+    "read_image_or_none",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +57,47 @@ _READ_ERRORS = (
 )
 
 
+# PIL modes of 16-bit (and 32-bit integer) greyscale images, e.g. 16-bit PNGs. PIL's convert()
+# to "RGB" / "L" clips them at 255; read_image_array scales them to 8 bits instead.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit "L" (``value >> 8``); other images unchanged."""
+    if image.mode not in _WIDE_GREY_MODES:
+        return image
+    wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)  # "I" is int32
+    return Image.fromarray((wide >> 8).astype(np.uint8), mode="L")
+
+
+def read_image_array(file_name: str, format: Optional[str] = "RGB") -> np.ndarray:
+    """The project's one image decoder: ``detectron2.data.detection_utils.read_image`` with
+    16-bit greyscale scaled to 8 bits (``value >> 8``) instead of clipped at 255.
+
+    EXIF orientation is applied; palette, CMYK, grey and alpha images are converted by PIL.
+
+    Args:
+        file_name: path (or PathManager URI) of the image.
+        format: as in ``read_image`` ("RGB", "BGR", "L", ...; None keeps PIL's mode).
+
+    Returns:
+        the HWC uint8 image (HW1 for "L").
+
+    Raises:
+        OSError, ValueError, Image.DecompressionBombError, ...: for an unreadable file (see
+            :func:`read_image_or_none`, which turns them into ``None``).
+    """
+    with PathManager.open(file_name, "rb") as f:
+        image = _to_8bit(ImageOps.exif_transpose(Image.open(f)))
+        if format == "RGB" and image.mode == "RGB":
+            return np.asarray(image)  # no conversion copy
+        return convert_PIL_to_numpy(image, format)
+
+
 def read_image_or_none(
     file_name: str, format: Optional[str] = "RGB", count_read: bool = True
 ) -> Optional[np.ndarray]:
-    """Like ``detectron2.data.detection_utils.read_image``, but ``None`` for an unreadable file.
+    """:func:`read_image_array`, but ``None`` for an unreadable file.
 
     A failure is logged as a warning with the file name and the reason, and counted (see
     :func:`num_skipped_images`).
@@ -70,7 +114,7 @@ def read_image_or_none(
     if count_read:
         note_image_read()
     try:
-        return read_image(file_name, format=format)
+        return read_image_array(file_name, format=format)
     except _READ_ERRORS as e:
         with _SKIPPED.get_lock():
             _SKIPPED.value += 1

@@ -11,7 +11,9 @@ from collections import Counter
 from typing import Dict, List
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+
+from .detection_mapper import SafeDatasetMapper
 
 __all__ = [
     "MASK_FORMATS",
@@ -72,7 +74,8 @@ def resolve_mask_format(dataset_dicts: List[Dict], requested: str, source: str =
 
 def build_instance_train_loader(cfg: CfgNode):
     """Detectron2's default detection train loader with the mask format resolved from the data
-    (see :func:`resolve_mask_format`); the same datasets, filtering, sampler and mapper."""
+    (see :func:`resolve_mask_format`) and a mapper that skips unreadable images
+    (:class:`SafeDatasetMapper`); the same datasets, filtering, sampler and augmentations."""
     dicts = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -81,7 +84,7 @@ def build_instance_train_loader(cfg: CfgNode):
         ),
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
-    mapper = DatasetMapper(cfg, is_train=True)
+    mapper = SafeDatasetMapper(cfg, is_train=True)
     if cfg.MODEL.MASK_ON:
         fmt = resolve_mask_format(dicts, cfg.INPUT.MASK_FORMAT, ",".join(cfg.DATASETS.TRAIN))
     else:

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils.file_io import PathManager
-from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import roi_align
 
@@ -459,10 +458,10 @@ def read_rgb_tensor(file_name: str) -> Optional[torch.Tensor]:
     copy; the uint8 resize kernel wants channels-last anyway), EXIF orientation applied.
 
     JPEG files are decoded by torchvision (libjpeg-turbo, as PIL, same pixels; ~15% faster
-    than going through PIL and numpy), other files and anything torchvision cannot decode go
-    through PIL. Same pixels as ``detectron2.data.detection_utils.read_image(format="RGB")``
-    without its extra copies. Unreadable files go through :func:`read_image_or_none`, which
-    logs and counts them, and give None.
+    than going through PIL and numpy), other files and anything torchvision cannot decode by
+    :func:`read_image_or_none` (the project's one PIL decoder: 16-bit PNGs scaled to 8 bits),
+    which logs and counts unreadable files; those give None. Same pixels as
+    ``read_image_array(file_name, format="RGB")``.
     """
     note_image_read()
     try:
@@ -483,17 +482,10 @@ def read_rgb_tensor(file_name: str) -> Optional[torch.Tensor]:
 
 
 def _read_rgb_tensor_pil(file_name: str) -> Optional[torch.Tensor]:
-    """:func:`read_rgb_tensor` through PIL."""
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            img = ImageOps.exif_transpose(Image.open(f))
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            array = np.asarray(img)
-    except Exception:
-        array = read_image_or_none(file_name, format="RGB", count_read=False)
-        if array is None:
-            return None
+    """:func:`read_rgb_tensor` through PIL (:func:`read_image_or_none`)."""
+    array = read_image_or_none(file_name, format="RGB", count_read=False)
+    if array is None:
+        return None
     # The array may be read-only; it is never written to.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -1,5 +1,5 @@
-"""Pre-training hooks: skipped-image counting, the loss summary at the end of a run and the kNN
-multi-label monitor."""
+"""Pre-training hooks: the loss summary at the end of a run and the kNN multi-label monitor.
+(Skipped-image counting runs in every job: see :meth:`ssprl_d2.engine.Trainer.build_hooks`.)"""
 import json
 import logging
 import os
@@ -319,9 +319,4 @@ def build_pretrain_hooks(cfg) -> List[HookBase]:
     hooks: List[HookBase] = [LossSummary(cfg.OUTPUT_DIR)]
     if cfg.TEST.KNN.TRAIN_DATASET:  # the kNN monitor is off unless configured
         hooks.append(KNNMonitor(cfg))
-    try:
-        from ssprl_d2.data.image_io import SkippedImagesLogger
-    except ImportError:  # pragma: no cover - the data module always ships it
-        return hooks
-    hooks.append(SkippedImagesLogger())
     return hooks

@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ssprl_d2.checkpoint import SSPRLCheckpointer
+from ssprl_d2.data.image_io import SkippedImagesLogger
 from ssprl_d2.data.mask_format import build_instance_train_loader
 
 from .preflight import check_output_dir, checkpoint_bytes
@@ -140,11 +141,16 @@ class Trainer(DefaultTrainer):
             at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
             period = self.cfg.SOLVER.CHECKPOINT_PERIOD
             ret.insert(at, hooks.PeriodicCheckpointer(self.checkpointer, period))
+        # The skip count of every job. Its all-gather (and the kNN monitor's) must come at the
+        # same place in every rank's hook order: before the EvalHook, which is last on ranks > 0
+        # and followed by the writers on rank 0 (so they log this step's values).
+        extra = [SkippedImagesLogger()]
         if task_of(self.cfg) == TASK_PRETRAIN:
             from .hooks import build_pretrain_hooks
 
-            # Insert before the writers (the last hook) so their state is logged this step.
-            ret[-1:-1] = build_pretrain_hooks(self.cfg)
+            extra = build_pretrain_hooks(self.cfg) + extra
+        at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+        ret[at:at] = extra
         return ret
 
 
