@@ -17,6 +17,7 @@ __all__ = [
     "SemSegDatasetMapper",
     "build_sem_seg_test_loader",
     "build_sem_seg_train_loader",
+    "load_label_array",
     "read_label_png",
 ]
 
@@ -28,6 +29,12 @@ def read_label_png(path: str) -> np.ndarray:
         if im.mode not in ("P", "L", "I", "I;16"):
             im = im.convert("L")
         return np.asarray(im)
+
+
+def load_label_array(path: str, dtype=int) -> np.ndarray:
+    """``SemSegEvaluator``'s ``sem_seg_loading_fn``: Detectron2's default passes ``copy=False`` to
+    ``np.array``, which NumPy 2 refuses for PIL images."""
+    return read_label_png(path).astype(dtype)
 
 
 class SemSegDatasetMapper:

@@ -1,7 +1,6 @@
 """One Detectron2 trainer for the jobs of the project: SS-PRL pre-training, multi-label
 classification (linear / fine-tune), Mask R-CNN transfer and FCN semantic segmentation. The job
-is picked from
-``MODEL.META_ARCHITECTURE`` (see :func:`ssprl_d2.engine.setup.task_of`)."""
+is picked from ``MODEL.META_ARCHITECTURE`` (see :func:`ssprl_d2.engine.setup.task_of`)."""
 import logging
 import os
 import weakref
@@ -18,6 +17,7 @@ from detectron2.utils.logger import setup_logger
 from ssprl_d2.data.segmentation_mapper import (
     build_sem_seg_test_loader,
     build_sem_seg_train_loader,
+    load_label_array,
 )
 
 from .setup import TASK_CLASSIFY, TASK_DETECT, TASK_PRETRAIN, TASK_SEGMENT, task_of
@@ -114,7 +114,8 @@ class Trainer(DefaultTrainer):
             return MultiLabelEvaluator(dataset_name, output_dir=output_folder)
         if task == TASK_SEGMENT:
             # Any split with stuff_classes / ignore_label (VOC aug, Cityscapes, demo): mIoU.
-            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                                   sem_seg_loading_fn=load_label_array)
         from ssprl_d2.data import prepare_datasets
 
         prepare_datasets([dataset_name])  # the demo json must exist for COCOEvaluator
