@@ -25,10 +25,10 @@ VOC_SEG_CLASSES = (
     "train", "tvmonitor",
 )
 
-# name -> (label folder, list file) under VOC2012/.
+# split -> (label folder, list file) under VOC2012/; the datasets are "<prefix>_<split>".
 VOC_SEG_SPLITS = {
-    "voc_2012_sem_seg_train_aug": ("SegmentationClassAug", "ImageSets/Segmentation/train_aug.txt"),
-    "voc_2012_sem_seg_val": ("SegmentationClass", "ImageSets/Segmentation/val.txt"),
+    "train_aug": ("SegmentationClassAug", "ImageSets/Segmentation/train_aug.txt"),
+    "val": ("SegmentationClass", "ImageSets/Segmentation/val.txt"),
 }
 
 
@@ -70,14 +70,18 @@ def load_voc_sem_seg(name: str, dirname: str, label_dir: str, split_file: str) -
     return records
 
 
-def register_voc_sem_seg(root: str) -> List[str]:
-    """Register the VOC 2012 aug splits under ``root/VOC2012`` (nothing is read now).
+def register_voc_sem_seg(root: str, prefix: str = "voc_2012_sem_seg") -> List[str]:
+    """Register ``<prefix>_train_aug`` and ``<prefix>_val`` from ``root/VOC2012`` (nothing is
+    read now) and return their names.
 
     The metadata names ``image_root``, ``sem_seg_root`` and ``split_file`` so that
     :func:`ssprl_d2.data.check_datasets_exist` reports a missing folder at start-up.
     """
     dirname = os.path.join(root, "VOC2012")
-    for name, (label_dir, split_file) in VOC_SEG_SPLITS.items():
+    names = []
+    for split, (label_dir, split_file) in VOC_SEG_SPLITS.items():
+        name = f"{prefix}_{split}"
+        names.append(name)
         DatasetCatalog.register(
             name, lambda n=name, d=label_dir, s=split_file: load_voc_sem_seg(n, dirname, d, s)
         )
@@ -89,7 +93,7 @@ def register_voc_sem_seg(root: str) -> List[str]:
             ignore_label=255,
             evaluator_type="sem_seg",
         )
-    return list(VOC_SEG_SPLITS)
+    return names
 
 
 if "voc_2012_sem_seg_val" not in DatasetCatalog.list():  # tolerate a module reload
