@@ -118,7 +118,7 @@ def test_instances_to_label_paints_later_on_top():
 
 def test_augmentations_follow_mmseg():
     assert rescale_size(375, 500, 2048, 512) == (512, 683)
-    assert rescale_size(1024, 2048, 2049, 1025) == (1024, 2048)  # fits (2049, 1025)
+    assert rescale_size(1024, 2048, 2049, 1025) == (1025, 2049)  # mmcv rounds half up
     rng_state = np.random.get_state()
     np.random.seed(0)
     image = np.random.randint(0, 255, (40, 60, 3), dtype=np.uint8)
