@@ -1,9 +1,11 @@
 """All ssprl_d2 config keys, added to a Detectron2 config by :func:`add_ssprl_config`."""
 from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
 
 
 def add_ssprl_config(cfg: CN) -> CN:
-    """Add every ssprl_d2 key (pre-training, classification, solver, data) to ``cfg`` in place.
+    """Add every ssprl_d2 key (pre-training, classification, solver, data, segmentation) to
+    ``cfg`` in place.
 
     Returns:
         the same ``cfg``, for chaining.
@@ -15,6 +17,7 @@ def add_ssprl_config(cfg: CN) -> CN:
     _add_data_config(cfg)
     _add_knn_config(cfg)
     _add_input_trust_config(cfg)
+    _add_segmentation_config(cfg)
     return cfg
 
 
@@ -250,3 +253,53 @@ def _add_input_trust_config(cfg: CN) -> None:
     # Instance mask format of detection training: "auto" (bitmask if any training annotation is
     # RLE, else polygon; logged at start-up), "polygon" or "bitmask".
     _C.INPUT.MASK_FORMAT = "auto"
+
+
+def _add_segmentation_config(cfg: CN) -> None:
+    _C = cfg
+    # Detectron2's DeepLab keys, used by the FCN transfer: MODEL.RESNETS.RES4_DILATION /
+    # RES5_MULTI_GRID / STEM_TYPE, INPUT.CROP.SINGLE_CATEGORY_MAX_AREA (mmseg's cat_max_ratio),
+    # SOLVER.POLY_LR_POWER / POLY_LR_CONSTANT_ENDING (LR_SCHEDULER_NAME "WarmupPolyLR").
+    add_deeplab_config(_C)
+    _C.MODEL.DILATED_RESNET = CN()
+    # mmseg's contract_dilation: the first block of a dilated stage uses half the dilation.
+    _C.MODEL.DILATED_RESNET.CONTRACT_DILATION = True
+
+    _C.MODEL.FCN = CN()
+    # Decode head: number of 3x3 conv-norm-ReLU (width MODEL.SEM_SEG_HEAD.CONVS_DIM).
+    _C.MODEL.FCN.NUM_CONVS = 2
+    # Decode head: concatenate the input back and fuse it with one more 3x3 conv.
+    _C.MODEL.FCN.CONCAT_INPUT = True
+    # Dropout before the 1x1 classifiers (both heads).
+    _C.MODEL.FCN.DROPOUT = 0.1
+    # Backbone feature of the auxiliary FCN head; "" = no auxiliary head.
+    _C.MODEL.FCN.AUX_IN_FEATURE = "res4"
+    # Auxiliary head: number of 3x3 conv-norm-ReLU.
+    _C.MODEL.FCN.AUX_NUM_CONVS = 1
+    # Auxiliary head: conv width.
+    _C.MODEL.FCN.AUX_CONVS_DIM = 256
+    # Weight of the auxiliary cross-entropy (training only).
+    _C.MODEL.FCN.AUX_LOSS_WEIGHT = 0.4
+    # align_corners of every bilinear resize of logits (mmseg Cityscapes 769 configs: True).
+    _C.MODEL.FCN.ALIGN_CORNERS = False
+    # Average the cross-entropy over labelled pixels only (False: over all pixels, mmseg < 0.23).
+    _C.MODEL.FCN.AVG_NON_IGNORE = False
+
+    _C.INPUT.SEG = CN()
+    # Train resize target (long side, short side), kept aspect ratio, times a random ratio.
+    _C.INPUT.SEG.TRAIN_SCALE = [2048, 512]
+    # Range [min, max] of that random ratio (uniform).
+    _C.INPUT.SEG.RATIO_RANGE = [0.5, 2.0]
+    # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue) on training images.
+    _C.INPUT.SEG.PHOTOMETRIC = True
+    # Pad training crops to INPUT.CROP.SIZE (image with the mean colour, label with the ignore
+    # value), so every batch has the crop size.
+    _C.INPUT.SEG.PAD_TO_CROP = True
+
+    _C.TEST.SEM_SEG = CN()
+    # Inference of SlidingWindowSemanticSegmentor: "whole" (the resized image) or "slide".
+    _C.TEST.SEM_SEG.MODE = "whole"
+    # Sliding-window size (h, w).
+    _C.TEST.SEM_SEG.CROP_SIZE = [769, 769]
+    # Sliding-window step (h, w).
+    _C.TEST.SEM_SEG.STRIDE = [513, 513]

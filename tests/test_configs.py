@@ -35,7 +35,7 @@ def test_every_config_merges(path):
         opts += ["MODEL.WEIGHTS", ""]
     cfg = load_config(os.path.join(REPO, path), opts)
     assert cfg.SOLVER.MAX_ITER > 0
-    assert task_of(cfg) in ("pretrain", "classification", "detection")
+    assert task_of(cfg) in ("pretrain", "classification", "detection", "segmentation")
 
 
 def test_setup_runs_default_setup(tmp_path):

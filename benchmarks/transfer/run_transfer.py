@@ -11,7 +11,9 @@ results are written as paper-style Markdown tables with the paper's numbers side
         --num-gpus 8
     python benchmarks/transfer/run_transfer.py \
         --weights output/demo/pretrain_ssprl/model_final.pth \
-        --protocols demo_linear,demo_maskrcnn --output-dir output/transfer_demo
+        --protocols demo_linear,demo_maskrcnn,demo_fcn --output-dir output/transfer_demo
+    python benchmarks/transfer/run_transfer.py --weights ssprl_r50.pkl \
+        --protocols seg_voc12aug_20k,seg_cityscapes_40k --output-dir output/transfer --num-gpus 8
 
 A ``.pth`` checkpoint is converted first (tools/convert_to_d2.py). Protocols whose results exist
 are skipped unless ``--redo``; ``--dry-run`` prints the commands. Extra ``KEY VALUE`` overrides
@@ -33,9 +35,11 @@ from ssprl_d2.engine.demo import collect_metrics, run_tool  # noqa: E402
 
 _CLS = ("classification/mAP",)
 _DET = ("bbox/AP", "segm/AP")
+_SEG = ("sem_seg/mIoU",)
 _TABLE1 = "Table 1 — linear multi-label classification (frozen backbone)"
 _TABLE2 = "Table 2 — semi-supervised COCO fine-tuning (20 epochs)"
 _TABLE3 = "Table 3 — Mask R-CNN R50-FPN on COCO, 15k iterations"
+_SUPP = "Supplement — semantic segmentation, FCN R50-D8 (DenseCL protocol)"
 _DEMO = "Demo — bundled SYNTHETIC data, ResNet-18 (no paper numbers)"
 
 
@@ -68,10 +72,17 @@ PROTOCOLS: Dict[str, Protocol] = {
         Protocol("maskrcnn_15k", "configs/detection/mask_rcnn_R50_FPN_coco2014_15k.yaml",
                  _TABLE3, _DET, {"bbox/AP": "see paper Table 3", "segm/AP": "see paper Table 3"},
                  "COCO val2014"),
+        Protocol("seg_voc12aug_20k", "configs/segmentation/fcn_R50_D8_voc12aug_512x512_20k.yaml",
+                 _SUPP, _SEG, {"sem_seg/mIoU": "see paper supplement"}, "VOC 2012 aug val"),
+        Protocol("seg_cityscapes_40k",
+                 "configs/segmentation/fcn_R50_D8_cityscapes_769x769_40k.yaml", _SUPP, _SEG,
+                 {"sem_seg/mIoU": "see paper supplement"}, "Cityscapes fine val"),
         Protocol("demo_linear", "configs/classification/linear_demo.yaml", _DEMO, _CLS, {},
                  "ssprl_demo_val"),
         Protocol("demo_maskrcnn", "configs/detection/mask_rcnn_demo.yaml", _DEMO, _DET, {},
                  "ssprl_demo_val"),
+        Protocol("demo_fcn", "configs/segmentation/fcn_demo.yaml", _DEMO, _SEG, {},
+                 "ssprl_demo_sem_seg_val"),
     )
 }
 

@@ -18,6 +18,7 @@ METRIC_LABELS = {
     "classification/mAP": "mAP",
     "bbox/AP": "box AP",
     "segm/AP": "mask AP",
+    "sem_seg/mIoU": "mIoU",
 }
 
 RESULT_FILE = "transfer_result.json"
@@ -68,7 +69,8 @@ def build_markdown(
         lines += [f"Weights: `{weights}`", ""]
     lines += [
         "Paper: SS-PRL (Hsieh et al. 2022), COCO-pretrained ResNet-50. mAP = mean over classes "
-        "of non-interpolated average precision (%); AP = COCO AP (%).",
+        "of non-interpolated average precision (%); AP = COCO AP (%); mIoU = mean over classes "
+        "of intersection over union (%).",
         "",
     ]
     for table, members in groups.items():

@@ -1,7 +1,8 @@
 """Data: dataset registration (demo, image folders, COCO jsons), robust image reading, mappers.
 
 Importing this package registers the demo splits ``ssprl_demo_train`` / ``ssprl_demo_val``
-(generated lazily, on first load).
+(generated lazily, on first load), their semantic split ``ssprl_demo_sem_seg_{train,val}`` and
+VOC 2012 aug semantic segmentation ``voc_2012_sem_seg_{train_aug,val}``.
 """
 from .datasets import (  # noqa: F401  (importing registers the demo splits)
     DEMO_DATASET_NAMES,
@@ -18,3 +19,5 @@ from . import multilabel  # noqa: F401  (registers voc_2007_*_cls)
 from .build import build_pretrain_train_loader  # noqa: F401
 from .detection_mapper import SafeDatasetMapper  # noqa: F401
 from .pyramid_mapper import PyramidDatasetMapper  # noqa: F401
+from . import demo_semantic, voc_segmentation  # noqa: F401  (register the semantic splits)
+from .segmentation_mapper import SemSegDatasetMapper  # noqa: F401

@@ -51,6 +51,7 @@ _PATH_KEYS = (
     "sem_seg_root",
     "panoptic_root",
     "panoptic_json",
+    "split_file",
 )
 _HINT = (
     "Detectron2's built-in datasets are looked up under $DETECTRON2_DATASETS (now {root!r}; it "

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 TASK_PRETRAIN = "pretrain"
 TASK_CLASSIFY = "classification"
 TASK_DETECT = "detection"
+TASK_SEGMENT = "segmentation"
+# Meta-architectures of the semantic segmentation transfer.
+SEGMENT_ARCHS = ("SemanticSegmentor", "SlidingWindowSemanticSegmentor")
 
 
 def finish_distributed() -> None:
@@ -36,12 +39,14 @@ def finish_distributed() -> None:
 
 
 def task_of(cfg: CfgNode) -> str:
-    """Which of the project's three jobs a config describes, from its meta-architecture."""
+    """Which of the project's jobs a config describes, from its meta-architecture."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch == "SSPRL":
         return TASK_PRETRAIN
     if arch == "MultiLabelClassifier":
         return TASK_CLASSIFY
+    if arch in SEGMENT_ARCHS:
+        return TASK_SEGMENT
     return TASK_DETECT
 
 
@@ -118,6 +123,10 @@ def validate_config(cfg: CfgNode) -> None:
         from ssprl_d2.modeling.classifier import validate_classifier_config
 
         validate_classifier_config(cfg)
+    elif task == TASK_SEGMENT:
+        from ssprl_d2.modeling.semantic_seg import validate_segmentation_config
+
+        validate_segmentation_config(cfg)
     validate_knn_config(cfg)
     if cfg.INPUT.MASK_FORMAT not in MASK_FORMATS:
         raise ValueError(

@@ -1,6 +1,6 @@
-"""One Detectron2 trainer for the three jobs of the project: SS-PRL pre-training, multi-label
-classification (linear / fine-tune) and Mask R-CNN transfer. The job is picked from
-``MODEL.META_ARCHITECTURE`` (see :func:`ssprl_d2.engine.setup.task_of`)."""
+"""One Detectron2 trainer for the jobs of the project: SS-PRL pre-training, multi-label
+classification (linear / fine-tune), Mask R-CNN transfer and FCN semantic segmentation. The job
+is picked from ``MODEL.META_ARCHITECTURE`` (see :func:`ssprl_d2.engine.setup.task_of`)."""
 import logging
 import os
 import time
@@ -9,16 +9,22 @@ import weakref
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.projects.deeplab import build_lr_scheduler as build_poly_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ssprl_d2.checkpoint import SSPRLCheckpointer
 from ssprl_d2.data.image_io import SkippedImagesLogger
 from ssprl_d2.data.mask_format import build_instance_train_loader
+from ssprl_d2.data.segmentation_mapper import (
+    build_sem_seg_test_loader,
+    build_sem_seg_train_loader,
+    load_label_array,
+)
 
 from .preflight import check_output_dir, checkpoint_bytes
-from .setup import TASK_CLASSIFY, TASK_DETECT, TASK_PRETRAIN, task_of
+from .setup import TASK_CLASSIFY, TASK_DETECT, TASK_PRETRAIN, TASK_SEGMENT, task_of
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,8 @@ class Trainer(DefaultTrainer):
             from ssprl_d2.data.multilabel import build_multilabel_train_loader
 
             return build_multilabel_train_loader(cfg)
+        if task == TASK_SEGMENT:
+            return build_sem_seg_train_loader(cfg)
         return build_instance_train_loader(cfg)  # default loader, mask format from the data
 
     @classmethod
@@ -98,6 +106,8 @@ class Trainer(DefaultTrainer):
             from ssprl_d2.data.multilabel import build_multilabel_test_loader
 
             return build_multilabel_test_loader(cfg, dataset_name)
+        if task_of(cfg) == TASK_SEGMENT:
+            return build_sem_seg_test_loader(cfg, dataset_name)
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
@@ -114,11 +124,20 @@ class Trainer(DefaultTrainer):
             from ssprl_d2.evaluation import MultiLabelEvaluator
 
             return MultiLabelEvaluator(dataset_name, output_dir=output_folder)
+        if task == TASK_SEGMENT:
+            # Any split with stuff_classes / ignore_label (VOC aug, Cityscapes, demo): mIoU.
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                                   sem_seg_loading_fn=load_label_array)
         from ssprl_d2.data import prepare_datasets
 
         prepare_datasets([dataset_name])  # the demo json must exist for COCOEvaluator
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # DeepLab's builder: "WarmupPolyLR" (segmentation), else Detectron2's schedulers.
+        return build_poly_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -207,4 +226,4 @@ class _NoOpGradScaler:
         pass
 
 
-__all__ = ["Trainer", "TASK_CLASSIFY", "TASK_DETECT", "TASK_PRETRAIN"]
+__all__ = ["Trainer", "TASK_CLASSIFY", "TASK_DETECT", "TASK_PRETRAIN", "TASK_SEGMENT"]
