@@ -1,6 +1,6 @@
 """The reference SS-PRL augmentation pipeline: PIL + torchvision transforms, one crop at a time.
 
-Benchmark-only code. It follows the release recipe (SPEC section 2), a fork of SwAV's multi-crop
+Benchmark-only code. It follows the release recipe, a fork of SwAV's multi-crop
 dataset: every scale-0 crop is ``RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(
 ColorJitter(0.8, 0.8, 0.8, 0.2), p=0.8) -> RandomGrayscale(0.2) -> PIL GaussianBlur (p=0.5,
 radius ~ U(0.1, 2)) -> ToTensor -> Normalize``; every pyramid scale takes ONE

@@ -98,8 +98,9 @@ def _add_pretrain_input_config(cfg: CN) -> None:
     _C.INPUT.SSPRL.MAX_SCALES = [1.0, 0.14]
     # Pyramid scales s >= 1: grid size g_s (M_s = g_s * g_s patches). [] = global-only baseline.
     _C.INPUT.SSPRL.GRIDS = [2, 3]
-    # Pyramid scales: side of the resized crop that is cut into the grid.
-    _C.INPUT.SSPRL.PYRAMID_RESIZE = [314, 383]
+    # Pyramid scales: side of the resized crop that is cut into the grid (divisible by its grid;
+    # the release's 383 px scale 2 uses 127-px cells, i.e. 381 = 3 x 127).
+    _C.INPUT.SSPRL.PYRAMID_RESIZE = [314, 381]
     # Pyramid scales: RandomResizedCrop area range [min, max] of the resized crop, per scale.
     _C.INPUT.SSPRL.PYRAMID_SCALES = [[0.6, 1.0], [0.6, 1.0]]
     # Pyramid scales: side of the random crop taken inside each grid cell.

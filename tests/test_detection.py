@@ -60,7 +60,7 @@ def test_leaves_present():
 def test_every_yaml_loads_through_load_config(path):
     cfg = load_config(path, NO_DATA)
     assert task_of(cfg) == TASK_DETECT
-    # What SSL weights need (SPEC section 3), in every leaf.
+    # What SSL weights need (RGB, torchvision mean/std, STRIDE_IN_1X1 False), in every leaf.
     assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" and cfg.MODEL.MASK_ON
     assert cfg.INPUT.FORMAT == "RGB"
     assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.280, 103.530]

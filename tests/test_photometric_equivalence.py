@@ -1,4 +1,4 @@
-"""The fast augmentation path against the reference recipe (PIL + torchvision, SPEC section 2).
+"""The fast augmentation path against the reference recipe (PIL + torchvision, the release's SwAV recipe).
 
 Distributions (seeded, sampling tolerances): crop area and aspect ratio, flip rate, colour-jitter
 probability, factor ranges and op order, grayscale and blur rates, blur sigma range.

@@ -207,7 +207,7 @@ class PyramidDatasetMapper:
             shuffle_patches: shuffle the patch order (identically for both views).
             ratio: aspect-ratio range of every RandomResizedCrop.
             flip_prob, color_jitter, color_jitter_prob, grayscale_prob, blur_prob, blur_sigma:
-                the per-crop augmentation of SPEC section 2.
+                the per-crop augmentation of the release (SwAV's recipe).
             photometric_on: "loader" (applied here) or "model" (parameters shipped).
             loader_kernel: implementation used when ``photometric_on`` is "loader": "numba"
                 (:mod:`.photometric_numba`, one compiled pass per crop) or "torch"

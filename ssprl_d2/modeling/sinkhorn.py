@@ -7,12 +7,6 @@ def _dist_on() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
-    if _dist_on():
-        dist.all_reduce(t, op=op if op is not None else dist.ReduceOp.SUM)
-    return t
-
-
 @torch.no_grad()
 def sinkhorn_knopp(
     scores: torch.Tensor, epsilon: float = 0.05, num_iters: int = 3, distributed: bool = True
