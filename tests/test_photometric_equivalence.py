@@ -1,4 +1,5 @@
-"""The fast augmentation path against the reference recipe (PIL + torchvision, the release's SwAV recipe).
+"""The fast augmentation path against the reference recipe (PIL + torchvision, the release's SwAV
+recipe).
 
 Distributions (seeded, sampling tolerances): crop area and aspect ratio, flip rate, colour-jitter
 probability, factor ranges and op order, grayscale and blur rates, blur sigma range.
