@@ -231,3 +231,23 @@ def test_paper_config_builds_and_runs_on_cpu():
         losses = model(data)
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_embed_views_and_prototype_vectors_match_the_model():
+    """The public accessors the visualisation uses: unit projections of raw views through the
+    backbone and the scale's head, and the scale's unit prototypes (shared set when shared)."""
+    torch.manual_seed(0)
+    model = SSPRL(tiny_cfg()).eval()
+    views = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    for scale in range(3):
+        z = model.embed_views(views, scale)
+        assert z.shape == (5, 16) and z.dtype == torch.float32
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(5))
+        x = (views.float() - model.pixel_mean) / model.pixel_std
+        pooled = model.backbone(x)["res5"].mean(dim=(2, 3))
+        torch.testing.assert_close(z, torch.nn.functional.normalize(model.heads[scale](pooled)))
+        protos = model.prototype_vectors(scale)
+        torch.testing.assert_close(z @ protos.T, model.prototypes[scale](z))
+    shared = SSPRL(tiny_cfg(["MODEL.SSPRL.SHARED_PROTOTYPES", "True",
+                             "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 8, 8]"]))
+    assert torch.equal(shared.prototype_vectors(2), shared.prototype_vectors(0))

@@ -383,6 +383,25 @@ class SSPRL(nn.Module):
             storage.put_scalar("ssprl/queues_in_use", sum(used), smoothing_hint=False)
 
     @torch.no_grad()
+    def embed_views(self, views: torch.Tensor, scale: int) -> torch.Tensor:
+        """L2-normalised projections z of already-cut views (no augmentation).
+
+        Args:
+            views: (N, 3, h, w) RGB views on the 0-255 scale (any dtype).
+            scale: whose projection head to use (0 = image, s >= 1 = pyramid scale s).
+
+        Returns:
+            (N, D) float32 unit vectors.
+        """
+        x = (views.to(self.device).float() - self.pixel_mean) / self.pixel_std
+        feats = F.adaptive_avg_pool2d(self.backbone(x)[self.in_feature], 1).flatten(1)  # (N, C)
+        return F.normalize(self.heads[scale](feats).float(), dim=1)  # (N, D)
+
+    def prototype_vectors(self, scale: int) -> torch.Tensor:
+        """(K_s, D) unit prototype vectors of ``scale`` (detached; the shared set if shared)."""
+        return F.normalize(self._prototypes(scale).weight.detach().float(), dim=1)
+
+    @torch.no_grad()
     def embed(self, batched_inputs: List[dict]) -> List[Dict[str, torch.Tensor]]:
         """Inference: per image, the pooled backbone feature and scale-0 prototype probabilities
         of its first crop, and per pyramid scale the patch prototype probabilities (view 1)."""

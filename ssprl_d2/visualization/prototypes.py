@@ -180,18 +180,6 @@ def load_ssprl_checkpoint(
 
 
 @torch.no_grad()
-def _embed(model: nn.Module, views: torch.Tensor, scale: int) -> torch.Tensor:
-    x = (views.to(model.device).float() - model.pixel_mean) / model.pixel_std
-    feats = model.backbone(x)[model.in_feature].mean(dim=(2, 3))  # (N, C)
-    return F.normalize(model.heads[scale](feats), dim=1)  # (N, D)
-
-
-def _prototype_matrix(model: nn.Module, scale: int) -> torch.Tensor:
-    proto = model.prototypes[0 if model.shared_prototypes else scale]
-    return F.normalize(proto.weight.detach().float(), dim=1)  # (K, D)
-
-
-@torch.no_grad()
 def compute_prototype_embeddings(
     model: nn.Module,
     images: Sequence[torch.Tensor],
@@ -232,8 +220,8 @@ def compute_prototype_embeddings(
             image_index += [i] * grid * grid
             patch_index += list(range(grid * grid))
         views = torch.cat(views)  # (N * g * g, 3, p, p)
-        z = torch.cat([_embed(model, v, s) for v in views.split(batch_size)])
-        protos = _prototype_matrix(model, s).to(z.device)
+        z = torch.cat([model.embed_views(v, s) for v in views.split(batch_size)])
+        protos = model.prototype_vectors(s).to(z.device)
         out[s] = ScaleEmbedding(
             scale=s,
             grid=grid,
