@@ -14,7 +14,6 @@ Everything here is a pure function of its inputs except :func:`load_checkpoint` 
 and :func:`save_d2_pickle` / :func:`save_torchvision` (write one).
 """
 import functools
-import logging
 import os
 import pickle
 import re
@@ -24,7 +23,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "ConversionError",

@@ -18,7 +18,6 @@ loader``), or its parameters are shipped as a "photometric" tensor and applied b
 training device by the model (``model``). Crops stay uint8 until then.
 """
 import copy
-import logging
 import math
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -35,7 +34,6 @@ from .image_io import note_image_read, read_image_or_none
 from .photometric import apply_photometric, sample_photometric_params, truncate_to_uint8
 from .photometric_numba import apply_photometric_numba, warm_up_numba_kernel
 
-logger = logging.getLogger(__name__)
 
 Box = Tuple[int, int, int, int]  # top, left, height, width
 

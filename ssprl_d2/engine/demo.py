@@ -11,7 +11,6 @@ an interrupted run still leaves a partial table).
 """
 import hashlib
 import json
-import logging
 import os
 import re
 import shlex
@@ -21,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-logger = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

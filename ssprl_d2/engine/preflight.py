@@ -2,7 +2,6 @@
 ``OUTPUT_DIR`` or a missing ``MODEL.WEIGHTS`` fails in the first seconds, not at the first
 checkpoint an hour later."""
 import errno
-import logging
 import os
 import shutil
 import tempfile
@@ -13,7 +12,6 @@ from torch import nn
 
 __all__ = ["check_output_dir", "check_weights_exist", "checkpoint_bytes", "run_preflight"]
 
-logger = logging.getLogger(__name__)
 
 # Bytes written and fsync'ed into OUTPUT_DIR at start-up: a full disk refuses them.
 _PROBE_BYTES = 1 << 20

@@ -11,7 +11,6 @@ labels both count as 0). Scores lie in [0, 1] and are ranked per class by
 :func:`ssprl_d2.evaluation.mean_average_precision`, so the probe's mAP is comparable across
 queries. Nothing is excluded: the memory bank is a training set, the queries a test set.
 """
-import logging
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -30,8 +29,6 @@ __all__ = [
     "subset_indices",
     "validate_knn_config",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def knn_multilabel_scores(

@@ -4,7 +4,6 @@ The transfer protocol of SS-PRL (and SwAV-style evaluations): global average poo
 backbone feature map, one linear layer, BCE-with-logits per label. ``linear`` freezes the whole
 backbone (weights and BatchNorm statistics), ``finetune`` trains everything.
 """
-import logging
 import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
@@ -18,7 +17,6 @@ from torch import nn
 
 from ssprl_d2.checkpoint import read_weights_file
 
-logger = logging.getLogger(__name__)
 
 CLASSIFIER_MODES = ("linear", "finetune")
 

@@ -1,5 +1,4 @@
 """Optimizers of the project: LARS/SGD for pre-training, per-task dispatch."""
-import logging
 from typing import Dict, List
 
 import torch
@@ -8,7 +7,6 @@ from torch import nn
 
 from .lars import LARS
 
-logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,

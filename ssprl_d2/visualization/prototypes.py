@@ -12,7 +12,6 @@ with the highest score ``z^T c`` (the argmax of Eq. 1).
 - Figure 3: for one image-level prototype (default: the most used), the patch-level prototypes
   most often predicted for the patches of its images, with example patches.
 """
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from torch import nn
 
 from ssprl_d2.checkpoint import SSPRLCheckpointer
 
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "ScaleEmbedding",
