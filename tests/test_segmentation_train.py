@@ -116,3 +116,27 @@ def test_demo_trains_evaluates_and_reloads(tmp_path):
     # --resume after the end: loads model_final / last_checkpoint, trains nothing more.
     resumed = train_net.run(args(resume=True))
     assert resumed is None or resumed == {} or "sem_seg" in resumed
+
+
+def test_transfer_runner_writes_the_segmentation_table(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks", "transfer"))
+    import run_transfer  # noqa: E402  (benchmarks/ is not a package)
+
+    calls = []
+
+    def launcher(argv, log_file):
+        calls.append(argv)
+        out = argv[argv.index("OUTPUT_DIR") + 1]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            f.write('{"iteration": 9, "sem_seg/mIoU": 42.5, "sem_seg/pACC": 90.0}\n')
+        return 0
+
+    names = ["seg_voc12aug_20k", "seg_cityscapes_40k", "demo_fcn"]
+    results = run_transfer.run_transfer(str(tmp_path / "w.pkl"), names, str(tmp_path / "out"),
+                                        launcher=launcher, log=lambda *a: None)
+    assert {n: r["sem_seg/mIoU"] for n, r in results.items()} == {n: 42.5 for n in names}
+    configs = [c[c.index("--config-file") + 1] for c in calls]
+    assert configs == [run_transfer.PROTOCOLS[n].config for n in names]
+    table = (tmp_path / "out" / "transfer_results.md").read_text()
+    assert "semantic segmentation" in table and "mIoU (ours)" in table and "42.5" in table
