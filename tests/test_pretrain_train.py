@@ -1,6 +1,7 @@
 """Real Detectron2 training runs of SS-PRL on a tiny image folder (CPU)."""
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -119,8 +120,8 @@ def test_cpu_bf16_autocast_run(folder, tmp_path):
 
 
 def test_cpu_amp_without_bf16_falls_back_to_float32(monkeypatch, folder, tmp_path, caplog):
-    import ssprl_d2.engine.setup as setup_mod
-
+    # ssprl_d2.engine re-exports a function named setup: take the module itself.
+    setup_mod = sys.modules["ssprl_d2.engine.setup"]
     monkeypatch.setattr(setup_mod, "cpu_supports_bf16", lambda: False)
     cfg = tiny_pretrain_cfg(folder, str(tmp_path), extra=[
         "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16"])

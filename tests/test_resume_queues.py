@@ -80,6 +80,11 @@ def test_two_process_resume_restores_each_rank_queue(tmp_path):
     for rank in range(2):
         a, b = _final_state(full, rank, False), _final_state(cut, rank, True)
         for k in a:
+            # Plain-BN running statistics are per-rank buffers that only inference reads (training
+            # normalises with batch statistics); Detectron2 saves rank 0's, so after a resume
+            # rank 1 holds rank 0's. SyncBN keeps them equal on every rank.
+            if rank > 0 and k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                continue
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"rank {rank} {k}")
     r0, r1 = _final_state(cut, 0, True), _final_state(cut, 1, True)
     torch.testing.assert_close(r0["backbone.stem.conv1.weight"], r1["backbone.stem.conv1.weight"])

@@ -10,6 +10,7 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 import ssprl_d2  # noqa: F401  (registers datasets)
+from ssprl_d2.data.demo import DEMO_NUM_VAL
 from ssprl_d2.data.demo_semantic import DEMO_SEM_SEG_CLASSES, instances_to_label
 from ssprl_d2.data.seg_transforms import (
     PadToSize,
@@ -97,7 +98,7 @@ def test_default_voc_names_report_missing_data():
 def test_demo_semantic_split_rasterises_instances():
     records = DatasetCatalog.get("ssprl_demo_sem_seg_val")
     instances = DatasetCatalog.get("ssprl_demo_val")
-    assert len(records) == len(instances) == 120
+    assert len(records) == len(instances) == DEMO_NUM_VAL
     assert MetadataCatalog.get("ssprl_demo_sem_seg_val").stuff_classes == DEMO_SEM_SEG_CLASSES
     for rec, inst in list(zip(records, instances))[:5]:
         assert rec["file_name"] == inst["file_name"]
