@@ -14,7 +14,8 @@ import ssprl_d2  # noqa: F401
 from ssprl_d2.data.image_io import SkippedImagesLogger, num_skipped_images, read_image_array
 from ssprl_d2.data.pyramid_mapper import read_rgb_tensor
 from ssprl_d2.engine import Trainer
-from ssprl_d2.engine.setup import load_config
+
+from detection_utils import tiny_detection_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,19 +61,9 @@ def _hostile_coco(tmp_path):
 def test_detection_training_skips_and_logs_unreadable_images(tmp_path, caplog):
     json_file, root = _hostile_coco(tmp_path)
     name = "test_bad_images_detection"
-    cfg = load_config(
-        os.path.join(REPO, "configs/detection/mask_rcnn_demo.yaml"),
-        [
-            "DATASETS.SSPRL.COCO_JSONS", f"[['{name}', '{json_file}', '{root}']]",
-            "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
-            "MODEL.ROI_HEADS.NUM_CLASSES", "1", "OUTPUT_DIR", str(tmp_path / "out"),
-            # 3 iterations x 2 images = 6 sampler indices: every one of the 5 files is read.
-            "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()",
-            "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100",
-            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-            "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
-        ],
-    )  # fmt: skip
+    # 3 iterations x 2 images = 6 sampler indices: every one of the 5 files is read.
+    cfg = tiny_detection_cfg(json_file, root, name, tmp_path / "out", num_classes=1, max_iter=3,
+                             extra=["SOLVER.CHECKPOINT_PERIOD", "100"])
     trainer = Trainer(cfg)
     assert any(isinstance(h, SkippedImagesLogger) for h in trainer._hooks)
     trainer.resume_or_load(resume=False)

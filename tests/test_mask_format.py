@@ -20,6 +20,8 @@ from ssprl_d2.data.multilabel import get_multilabel_test_dicts
 from ssprl_d2.engine import Trainer
 from ssprl_d2.engine.setup import load_config
 
+from detection_utils import tiny_detection_cfg
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLY = {"segmentation": [[2.0, 2.0, 20.0, 2.0, 20.0, 20.0, 2.0, 20.0]]}
 RLE = {"segmentation": {"size": [32, 32], "counts": [40, 10, 974]}}
@@ -83,18 +85,8 @@ def _rle_coco(tmp_path):
 
 def _detection_cfg(tmp_path, name, extra=()):
     json_file, root = _rle_coco(tmp_path)
-    return load_config(
-        os.path.join(REPO, "configs/detection/mask_rcnn_demo.yaml"),
-        [
-            "DATASETS.SSPRL.COCO_JSONS", f"[['{name}', '{json_file}', '{root}']]",
-            "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
-            "MODEL.ROI_HEADS.NUM_CLASSES", "2", "OUTPUT_DIR", str(tmp_path / "out"),
-            "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()",
-            "SOLVER.WARMUP_ITERS", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)",
-            "INPUT.MAX_SIZE_TRAIN", "64", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
-            *extra,
-        ],
-    )  # fmt: skip
+    return tiny_detection_cfg(json_file, root, name, tmp_path / "out", num_classes=2, max_iter=1,
+                              extra=extra)
 
 
 def test_rle_coco_json_trains_mask_rcnn(tmp_path, caplog):
