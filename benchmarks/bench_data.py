@@ -185,8 +185,8 @@ def time_device_part(cfg, files: List[str], device: str, batch: int, rounds: int
         mapper({"file_name": f}, torch.Generator().manual_seed(i)) for i, f in enumerate(files)
     ]
     outs = [o for o in outs if o is not None]
-    mean = torch.tensor(c.INPUT.SSPRL.PIXEL_MEAN, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(c.INPUT.SSPRL.PIXEL_STD, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(c.MODEL.PIXEL_MEAN, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(c.MODEL.PIXEL_STD, device=device).view(1, -1, 1, 1)
 
     def groups(chunk):
         """(uint8 crops, params) per resolution, stacked over the images of ``chunk``."""

@@ -164,7 +164,7 @@ def run_setting(args, settings: Dict, files: List[str], label: str) -> Dict:
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from ssprl_d2.solver import build_optimizer
+    from ssprl_d2.solver import build_ssprl_optimizer
 
     device = args.device
     cfg = build_cfg(args, settings)
@@ -173,7 +173,7 @@ def run_setting(args, settings: Dict, files: List[str], label: str) -> Dict:
     model.train()
     if not args.no_queue:
         _fill_queues(model)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_ssprl_optimizer(cfg, model)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings["amp"])
     autocast = (
         (lambda: torch.autocast(device_type=torch.device(device).type, dtype=dtype))

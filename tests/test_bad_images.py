@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 import ssprl_d2  # noqa: F401
-from ssprl_d2.data.image_io import SkippedImagesLogger, num_skipped_images, read_image_array
+from ssprl_d2.data.image_io import num_skipped_images, read_image_array
+from ssprl_d2.engine.hooks import SkippedImagesLogger
 from ssprl_d2.data.pyramid_mapper import read_rgb_tensor
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer
 
 from detection_utils import tiny_detection_cfg
 
@@ -64,7 +65,7 @@ def test_detection_training_skips_and_logs_unreadable_images(tmp_path, caplog):
     # 3 iterations x 2 images = 6 sampler indices: every one of the 5 files is read.
     cfg = tiny_detection_cfg(json_file, root, name, tmp_path / "out", num_classes=1, max_iter=3,
                              extra=["SOLVER.CHECKPOINT_PERIOD", "100"])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     assert any(isinstance(h, SkippedImagesLogger) for h in trainer._hooks)
     trainer.resume_or_load(resume=False)
     before = num_skipped_images()

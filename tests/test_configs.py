@@ -5,7 +5,8 @@ from argparse import Namespace
 
 import pytest
 
-from ssprl_d2.engine.setup import load_config, setup, task_of
+from ssprl_d2.config import task_of
+from ssprl_d2.engine.setup import load_config, setup
 
 from pretrain_utils import REPO
 
@@ -27,7 +28,7 @@ def test_every_config_merges(path):
     raw.merge_from_file(os.path.join(REPO, path))  # unknown keys / type errors fail here
     # COCO / VOC are not on CI machines: the demo splits stand in (8 classes).
     opts = list(DEMO) + ["MODEL.CLASSIFIER.NUM_CLASSES", "8", "MODEL.ROI_HEADS.NUM_CLASSES", "8",
-                         "DATASETS.SSPRL.LABEL_SUBSET", ""]
+                         "DATASETS.CLASSIFICATION.LABEL_SUBSET", ""]
     if raw.MODEL.META_ARCHITECTURE == "SSPRL":
         opts = ["DATASETS.TRAIN", "('ssprl_demo_train',)", "DATASETS.TEST", "()"]
     weights = raw.MODEL.WEIGHTS
@@ -67,3 +68,22 @@ def test_paper_config_epochs_become_iterations():
     # Linear lr scaling from the reference batch 128.
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.6 * 32 / 128)
     assert cfg.SOLVER.BASE_LR_END == pytest.approx(0.0006 * 32 / 128)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("INPUT.SSPRL.PIXEL_MEAN", "MODEL.PIXEL_MEAN"),
+        ("DATASETS.SSPRL.LABEL_SUBSET", "DATASETS.CLASSIFICATION.LABEL_SUBSET"),
+    ],
+)
+def test_renamed_key_names_its_new_key(old, new, tmp_path):
+    value = "[1.0, 2.0, 3.0]" if "PIXEL" in old else "ids.txt"
+    with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
+        load_config(os.path.join(REPO, "configs/ssprl_demo.yaml"), [old, value])
+    leaf = tmp_path / "old.yaml"
+    section, node, key = old.split(".")
+    leaf.write_text(f"_BASE_: {os.path.join(REPO, 'configs/ssprl_demo.yaml')}\n"
+                    f"{section}:\n  {node}:\n    {key}: {value}\n")
+    with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
+        load_config(str(leaf))

@@ -11,7 +11,7 @@ from detectron2.modeling import build_backbone
 from detectron2.utils.env import seed_all_rng
 
 from ssprl_d2.config import add_ssprl_config
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer
 
 from pretrain_utils import REPO, tiny_pretrain_cfg, write_image_folder
 
@@ -20,7 +20,7 @@ def test_real_pretraining_checkpoint_round_trip(tmp_path):
     folder = write_image_folder(str(tmp_path / "imgs"), n=8)
     cfg = tiny_pretrain_cfg(folder, str(tmp_path / "run"), extra=["SOLVER.MAX_ITER", "2"])
     seed_all_rng(0)
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     ckpt = str(tmp_path / "run" / "model_final.pth")

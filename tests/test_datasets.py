@@ -24,7 +24,8 @@ from ssprl_d2.data.datasets import (
     register_from_config,
     register_image_folder,
 )
-from ssprl_d2.data.image_io import SkippedImagesLogger, num_skipped_images, read_image_or_none
+from ssprl_d2.data.image_io import num_skipped_images, read_image_or_none
+from ssprl_d2.engine.hooks import SkippedImagesLogger
 
 
 def _write_image(path, size=(20, 16), seed=0):

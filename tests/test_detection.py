@@ -18,8 +18,9 @@ import ssprl_d2  # noqa: F401  (registers datasets and models)
 from ssprl_d2.checkpoint import convert_state_dict, to_d2_model_dict
 from ssprl_d2.config import add_ssprl_config
 from ssprl_d2.data import DEMO_CATEGORIES
-from ssprl_d2.engine import Trainer
-from ssprl_d2.engine.setup import TASK_DETECT, load_config, task_of
+from ssprl_d2.engine import build_trainer, trainer_class
+from ssprl_d2.config import TASK_DETECT, task_of
+from ssprl_d2.engine.setup import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_DIR = os.path.join(REPO, "configs", "detection")
@@ -186,7 +187,7 @@ def test_mask_rcnn_demo_trains_and_evaluates_with_converted_weights(tmp_path):
         ],
     )
     cfg.freeze()
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     stem = trainer.model.backbone.bottom_up.stem.conv1.weight
     assert torch.equal(stem.detach(), converted["stem.conv1.weight"])
@@ -199,5 +200,5 @@ def test_mask_rcnn_demo_trains_and_evaluates_with_converted_weights(tmp_path):
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
 
     # Evaluating the trained model again through Trainer.test gives the same numbers.
-    again = Trainer.test(cfg, trainer.model)
+    again = trainer_class(cfg).test(cfg, trainer.model)
     assert again["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"])

@@ -40,7 +40,7 @@ def test_all_reduced_sinkhorn_equals_single_process(tmp_path):
 
 def _train_worker(folder, out_dir):
     import ssprl_d2  # noqa: F401
-    from ssprl_d2.engine import Trainer
+    from ssprl_d2.engine import build_trainer
     from ssprl_d2.engine.setup import load_config
 
     cfg = load_config(
@@ -54,7 +54,7 @@ def _train_worker(folder, out_dir):
             "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "1",
         ],
     )
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)

@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.hooks import KNNMonitor
 from ssprl_d2.engine.setup import finish_distributed
 from ssprl_d2.evaluation.knn import knn_multilabel_map, knn_multilabel_scores, subset_indices
@@ -98,7 +98,7 @@ def _knn_cfg(folder, output_dir, extra=()):
 
 def _train(cfg):
     seed_all_rng(cfg.SEED)
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     return trainer

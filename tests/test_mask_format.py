@@ -17,7 +17,7 @@ import ssprl_d2  # noqa: F401
 from ssprl_d2.config import add_ssprl_config
 from ssprl_d2.data.mask_format import count_mask_kinds, resolve_mask_format
 from ssprl_d2.data.multilabel import get_multilabel_test_dicts
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.setup import load_config
 
 from detection_utils import tiny_detection_cfg
@@ -95,7 +95,7 @@ def test_rle_coco_json_trains_mask_rcnn(tmp_path, caplog):
     project_logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.INFO, logger="ssprl_d2.data.mask_format"):
-            trainer = Trainer(cfg)
+            trainer = build_trainer(cfg)
     finally:
         project_logger.removeHandler(caplog.handler)
     assert "-> INPUT.MASK_FORMAT bitmask" in caplog.text
@@ -107,7 +107,7 @@ def test_rle_coco_json_trains_mask_rcnn(tmp_path, caplog):
 def test_explicit_polygon_with_rle_fails_when_the_trainer_is_built(tmp_path):
     cfg = _detection_cfg(tmp_path, "test_mask_format_rle_poly", ["INPUT.MASK_FORMAT", "polygon"])
     with pytest.raises(ValueError, match="INPUT.MASK_FORMAT is 'polygon'"):
-        Trainer(cfg)
+        build_trainer(cfg)
 
 
 def test_multilabel_targets_keep_dropped_and_crowd_annotations(shared_data_dir, tmp_path):

@@ -12,12 +12,19 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from ssprl_d2.config import add_ssprl_config
-from ssprl_d2.modeling.classifier import MultiLabelClassifier, validate_classifier_config
-from ssprl_d2.solver import build_optimizer
+from ssprl_d2.config import add_ssprl_config, validate_config
+from ssprl_d2.engine.preflight import check_classifier_inputs
+from ssprl_d2.engine import ClassificationTrainer
+from ssprl_d2.modeling.classifier import MultiLabelClassifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 5
+
+
+def validate_classifier_config(cfg):
+    """The classifier's start-up checks: its keys, then its weights and datasets."""
+    validate_config(cfg)
+    check_classifier_inputs(cfg)
 
 
 def tiny_cfg(mode="linear", num_classes=NUM_CLASSES):
@@ -62,7 +69,7 @@ def test_linear_mode_keeps_backbone_bit_identical():
     assert isinstance(model, MultiLabelClassifier)
     backbone_before = copy.deepcopy(model.backbone.state_dict())  # params and BN buffers
     head_before = model.head.weight.detach().clone()
-    optimizer = build_optimizer(cfg, model)
+    optimizer = ClassificationTrainer.build_optimizer(cfg, model)
     optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert optimized == {id(model.head.weight), id(model.head.bias)}
     train_steps(model, optimizer)
@@ -79,7 +86,7 @@ def test_finetune_mode_trains_backbone_with_its_own_lr():
     cfg = tiny_cfg("finetune")
     model = build_model(cfg)
     before = {k: v.clone() for k, v in model.backbone.named_parameters()}
-    optimizer = build_optimizer(cfg, model)
+    optimizer = ClassificationTrainer.build_optimizer(cfg, model)
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
         for p in group["params"]:

@@ -8,16 +8,22 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 
-from ssprl_d2.config import add_ssprl_config
+from ssprl_d2.config import add_ssprl_config, validate_config
 from ssprl_d2.data.datasets import register_demo_datasets
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer, trainer_class
 from ssprl_d2.engine.fast_linear import run_fast_linear
 from ssprl_d2.engine.setup import load_config
-from ssprl_d2.modeling.classifier import validate_classifier_config
+from ssprl_d2.engine.preflight import check_classifier_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "classification")
 PREFIX = "test_multilabel_demo"
+
+
+def validate_classifier_config(cfg):
+    """The classifier's start-up checks: its keys, then its weights and datasets."""
+    validate_config(cfg)
+    check_classifier_inputs(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,7 @@ def tiny_opts(demo, output_dir, max_iter=4):
 
 def run_trainer(cfg):
     torch.manual_seed(0)
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     before = copy.deepcopy(trainer.model.backbone.state_dict())
     trainer.train()
@@ -65,7 +71,8 @@ def test_linear_demo_trainer_keeps_backbone_and_reports_map(demo, tmp_path):
 def test_finetune_demo_trainer_on_label_subset(demo, tmp_path):
     subset = tmp_path / "subset.txt"
     opts = tiny_opts(demo, tmp_path) + [
-        "DATASETS.SSPRL.LABEL_SUBSET", str(subset), "DATASETS.SSPRL.LABEL_SUBSET_FRACTION", 0.5,
+        "DATASETS.CLASSIFICATION.LABEL_SUBSET", str(subset),
+        "DATASETS.CLASSIFICATION.LABEL_SUBSET_FRACTION", 0.5,
     ]
     cfg = load_config(os.path.join(CONFIGS, "finetune_demo.yaml"), opts)
     assert cfg.MODEL.CLASSIFIER.MODE == "finetune"
@@ -92,11 +99,11 @@ def test_fast_linear_matches_standard_evaluation_of_its_model(demo, tmp_path):
     # The saved model (backbone + trained head), evaluated by the standard path, agrees.
     cfg = cfg.clone()
     cfg.MODEL.WEIGHTS = str(tmp_path / "model_final.pth")
-    model = Trainer.build_model(cfg)
+    model = trainer_class(cfg).build_model(cfg)
     from detectron2.checkpoint import DetectionCheckpointer
 
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    standard = Trainer.test(cfg, model)
+    standard = trainer_class(cfg).test(cfg, model)
     assert standard["classification"]["mAP"] == pytest.approx(mean_ap, abs=1e-3)
     # Second run reuses the cached features and gives the same result.
     torch.manual_seed(0)
@@ -119,8 +126,8 @@ def test_every_classification_config_merges_and_validates(name, demo, tmp_path):
         validate_classifier_config(cfg)
         return
     opts = ["DATASETS.TRAIN", (demo[0],), "DATASETS.TEST", (demo[1],), "OUTPUT_DIR", str(tmp_path)]
-    if cfg.DATASETS.SSPRL.LABEL_SUBSET:
-        opts += ["DATASETS.SSPRL.LABEL_SUBSET", str(tmp_path / "subset.txt")]
+    if cfg.DATASETS.CLASSIFICATION.LABEL_SUBSET:
+        opts += ["DATASETS.CLASSIFICATION.LABEL_SUBSET", str(tmp_path / "subset.txt")]
     cfg = load_config(os.path.join(CONFIGS, name), opts)
     validate_classifier_config(cfg)
     assert cfg.SOLVER.MAX_ITER > 0

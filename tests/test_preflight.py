@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from ssprl_d2.engine import Trainer, preflight
+from ssprl_d2.engine import build_trainer, preflight
 from ssprl_d2.engine.setup import setup
 
 from pretrain_utils import tiny_pretrain_cfg, write_image_folder
@@ -66,7 +66,7 @@ def test_trainer_checks_room_for_one_checkpoint(tmp_path, monkeypatch):
         preflight.shutil, "disk_usage", lambda p: real(p)._replace(free=(1 << 20) + 1)
     )
     with pytest.raises(OSError, match="one checkpoint of this job needs"):
-        Trainer(cfg)
+        build_trainer(cfg)
 
 
 @pytest.mark.parametrize("job", sorted(CONFIGS))

@@ -9,9 +9,9 @@ from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
 from ssprl_d2.data import num_skipped_images
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.setup import cpu_supports_bf16
-from ssprl_d2.engine.trainer import CPUAutocastTrainer
+from ssprl_d2.engine.amp import CPUAutocastTrainer
 
 from pretrain_utils import tiny_pretrain_cfg, write_image_folder
 
@@ -33,7 +33,7 @@ class Recorder(HookBase):
 
 def _train(cfg, resume=False, stop_at=None):
     seed_all_rng(cfg.SEED)
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     rec = Recorder(stop_at)
     trainer.register_hooks([rec])
     trainer.resume_or_load(resume=resume)
@@ -104,7 +104,7 @@ def test_cpu_bf16_autocast_run(folder, tmp_path):
         "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "0", "INPUT.SSPRL.CROP_SIZES", "[48, 32]",
         "INPUT.SSPRL.PYRAMID_RESIZE", "[64, 96]", "INPUT.SSPRL.PATCH_SIZES", "[32, 32]"])
     seed_all_rng(cfg.SEED)
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     assert isinstance(trainer._trainer, CPUAutocastTrainer)
     dtypes = []
     trainer.model.backbone.res5.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))

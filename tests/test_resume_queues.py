@@ -13,7 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 import ssprl_d2  # noqa: F401
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.setup import finish_distributed, load_config
 
 from pretrain_utils import REPO, TINY_OPTS, config_path, write_image_folder
@@ -47,7 +47,7 @@ def _worker(folder, out_dir, stop_at, resume):
         ],
     )  # fmt: skip
     seed_all_rng(cfg.SEED + comm.get_rank())
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     if stop_at is not None:
         trainer.register_hooks([StopAt(stop_at)])
     trainer.resume_or_load(resume=resume)

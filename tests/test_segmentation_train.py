@@ -15,8 +15,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import ssprl_d2  # noqa: F401  (registers datasets and models)
 from ssprl_d2.checkpoint import convert_state_dict, to_d2_model_dict
-from ssprl_d2.engine import Trainer
-from ssprl_d2.engine.setup import TASK_SEGMENT, load_config, setup, task_of
+from ssprl_d2.engine import build_trainer
+from ssprl_d2.config import TASK_SEGMENT, task_of
+from ssprl_d2.engine.setup import load_config, setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_DIR = os.path.join(REPO, "configs", "segmentation")
@@ -98,7 +99,7 @@ def test_demo_trains_evaluates_and_reloads(tmp_path):
     config = os.path.join(SEG_DIR, "fcn_demo.yaml")
     cfg = load_config(config, opts)
     cfg.freeze()
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     results = trainer._last_eval_results["sem_seg"]

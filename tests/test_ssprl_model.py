@@ -8,7 +8,7 @@ from detectron2.utils.events import EventStorage
 
 from ssprl_d2.config import add_ssprl_config
 from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
-from ssprl_d2.engine.setup import validate_config
+from ssprl_d2.config import validate_config
 from ssprl_d2.modeling.ssprl import SSPRL
 
 

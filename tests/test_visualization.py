@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from PIL import Image
 
+from ssprl_d2.engine.setup import load_ssprl_checkpoint
 from ssprl_d2.visualization import (
     ScaleEmbedding,
     compute_prototype_embeddings,
@@ -72,8 +73,6 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_embeddings_match_the_model(tiny_checkpoint):
-    from ssprl_d2.visualization import load_ssprl_checkpoint
-
     path, cfg = tiny_checkpoint
     model, loaded_cfg = load_ssprl_checkpoint(path)
     assert not model.training and loaded_cfg.MODEL.SSPRL.NUM_PROTOTYPES == [8, 6, 6]
@@ -142,8 +141,8 @@ def test_global_only_model_gets_no_cross_scale_figure(tmp_path):
     cfg_file = str(tmp_path / "global.yaml")
     with open(cfg_file, "w") as f:
         f.write(cfg.dump())
-    summary = visualize_prototypes(os.path.join(out, "model_final.pth"), "vis_global_imgs",
-                                   str(tmp_path / "figs"), config_file=cfg_file, size=240)
+    model, cfg = load_ssprl_checkpoint(os.path.join(out, "model_final.pth"), cfg_file)
+    summary = visualize_prototypes(model, cfg, "vis_global_imgs", str(tmp_path / "figs"), size=240)
     assert [os.path.basename(p) for p in summary["files"]] == ["prototypes_tsne_scale0.png"]
     assert "cross_scale" not in summary
     fig_path = save_figure(plot_prototype_tsne(ScaleEmbedding(

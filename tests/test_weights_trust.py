@@ -21,9 +21,9 @@ from ssprl_d2.checkpoint import (
     save_d2_pickle,
 )
 from ssprl_d2.checkpoint.convert import SAFE_TORCH_GLOBALS
-from ssprl_d2.engine import Trainer
+from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.setup import load_config
-from ssprl_d2.visualization.prototypes import load_ssprl_checkpoint
+from ssprl_d2.engine.setup import load_ssprl_checkpoint
 
 from pretrain_utils import tiny_pretrain_cfg, write_image_folder
 
@@ -163,7 +163,7 @@ def test_own_training_checkpoint_loads_safely(tmp_path):
     weights_only=True and no allow-listed types (measured: none are needed)."""
     folder = write_image_folder(str(tmp_path / "imgs"), n=8)
     cfg = tiny_pretrain_cfg(folder, str(tmp_path / "out"), extra=["SOLVER.MAX_ITER", "2"])
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
@@ -171,7 +171,7 @@ def test_own_training_checkpoint_loads_safely(tmp_path):
     assert {"model", "trainer", "iteration"} <= set(data)
     assert "LRScheduler" in data["trainer"]["hooks"]
     assert SAFE_TORCH_GLOBALS == []
-    resumed = Trainer(cfg)
+    resumed = build_trainer(cfg)
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2
 

@@ -4,7 +4,7 @@
     python tools/make_label_subset.py --dataset coco_2014_train --fraction 0.01 --seed 0 \
         --out configs/classification/subsets/coco2014_train_1pct_seed0.txt
 
-The recipe (also used when a config's DATASETS.SSPRL.LABEL_SUBSET is missing on first use):
+The recipe (also used when a config's DATASETS.CLASSIFICATION.LABEL_SUBSET is missing on first use):
 image ids sorted (numerically), numpy RandomState(seed).choice(N, round(fraction * N),
 replace=False), written one id per line. --config-file registers the datasets a config names.
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""The single entry point of ssprl_d2: SS-PRL pre-training, multi-label classification and
-Mask R-CNN transfer, picked by the config.
+"""The single entry point of ssprl_d2: SS-PRL pre-training, multi-label classification, Mask
+R-CNN and semantic segmentation transfer, picked by the config's MODEL.META_ARCHITECTURE.
 
     python tools/train_net.py --config-file configs/ssprl_pretrain.yaml --num-gpus 8
     python tools/train_net.py --config-file configs/ssprl_demo.yaml          # CPU, minutes
@@ -13,8 +13,7 @@ import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datas
 from detectron2.engine import default_argument_parser, launch
 
 from ssprl_d2.checkpoint import SSPRLCheckpointer
-
-from ssprl_d2.engine import Trainer, finish_distributed, setup, task_of
+from ssprl_d2.engine import finish_distributed, setup, trainer_class
 
 
 def main(args):
@@ -25,20 +24,15 @@ def main(args):
 
 def run(args):
     cfg = setup(args)
+    trainer_cls = trainer_class(cfg)  # one trainer per job, from MODEL.META_ARCHITECTURE
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = trainer_cls.build_model(cfg)
         checkpointer = SSPRLCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR, trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE
         )
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    if cfg.MODEL.CLASSIFIER.FAST_LINEAR.ENABLED and task_of(cfg) == "classification":
-        from ssprl_d2.engine.fast_linear import run_fast_linear
-
-        return run_fast_linear(cfg)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        return trainer_cls.test(cfg, model)
+    return trainer_cls.train_job(cfg, resume=args.resume)
 
 
 def cli(argv=None):

@@ -16,6 +16,7 @@ import os
 import time
 
 import ssprl_d2  # noqa: F401  (registers models, datasets)
+from ssprl_d2.engine.setup import load_ssprl_checkpoint
 from ssprl_d2.visualization import visualize_prototypes
 
 
@@ -46,11 +47,12 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = get_parser().parse_args(argv)
     start = time.perf_counter()
+    model, cfg = load_ssprl_checkpoint(args.checkpoint, args.config)
     summary = visualize_prototypes(
-        args.checkpoint,
+        model,
+        cfg,
         args.dataset,
         args.output_dir,
-        config_file=args.config,
         size=args.size,
         per_prototype=args.per_prototype,
         num_prototypes=args.num_prototypes,

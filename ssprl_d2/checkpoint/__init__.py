@@ -1,7 +1,12 @@
 """Checkpoint conversion: ResNet weights (ssprl_d2, SS-PRL release, SwAV, MoCo, torchvision) to
 Detectron2 ``.pkl`` and torchvision formats (the CLI is ``tools/convert_to_d2.py``), and the
 checkpointer of every job, which loads weights without running code from them."""
-from .checkpointer import TRUST_KEY, SSPRLCheckpointer, read_weights_file  # noqa: F401
+from .checkpointer import (  # noqa: F401
+    TRUST_KEY,
+    SSPRLCheckpointer,
+    read_checkpoint_state_dict,
+    read_weights_file,
+)
 from .convert import (  # noqa: F401
     D2_AUTHOR,
     ConversionError,

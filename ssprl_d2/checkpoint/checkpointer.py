@@ -49,6 +49,23 @@ def read_weights_file(path: str, trust_pickle: bool = False):
     return load_checkpoint(path, trust_pickle=trust_pickle, trust_hint=_TRUST_HINT)
 
 
+def read_checkpoint_state_dict(path: str, trust_pickle: bool = False) -> Dict[str, object]:
+    """The name -> array mapping that :class:`SSPRLCheckpointer` would load from ``path``.
+
+    Handles Detectron2 / Caffe2 ``.pkl`` files and torch checkpoints (``{"model": ...}`` or a bare
+    state dict), read without running code (see :func:`read_weights_file`).
+    Only names and shapes are used by the callers.
+    """
+    data = read_weights_file(path, trust_pickle)
+    if path.endswith(".pkl") and isinstance(data, dict):
+        if "model" in data and "__author__" in data:
+            return data["model"]
+        return data.get("blobs", data)
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    return data if isinstance(data, dict) else {}
+
+
 def _per_rank_modules(model: nn.Module) -> Dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if getattr(m, "per_rank_state", False)}
 

@@ -15,6 +15,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ssprl_d2.config import TASK_CLASSIFY, task_of
+
 from .demo import (
     DEMO_CATEGORIES,
     DEMO_NUM_TRAIN,
@@ -23,8 +25,10 @@ from .demo import (
     default_demo_root,
     ensure_demo_dataset,
 )
+from .multilabel import get_multilabel_train_dicts
 
 __all__ = [
+    "train_set_size",
     "DEMO_DATASET_NAMES",
     "IMAGE_EXTENSIONS",
     "check_datasets_exist",
@@ -283,3 +287,11 @@ def register_from_config(cfg: CfgNode) -> None:
 
 if DEMO_DATASET_NAMES[0] not in DatasetCatalog.list():  # tolerate a module reload
     register_demo_datasets()
+
+
+def train_set_size(cfg: CfgNode) -> int:
+    """Number of training images of ``cfg.DATASETS.TRAIN`` (classification: after the label
+    subset)."""
+    if task_of(cfg) == TASK_CLASSIFY:
+        return len(get_multilabel_train_dicts(cfg))
+    return sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)

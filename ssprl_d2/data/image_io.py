@@ -1,4 +1,4 @@
-"""Image reading that survives corrupt files, and a hook that reports how many were skipped.
+"""Image reading that survives corrupt files, and the count of the files it skipped.
 
 Mappers call :func:`read_image_or_none` and return ``None`` when it does; Detectron2's
 ``MapDataset`` then retries with another index, so one broken JPEG in a million does not stop a
@@ -6,10 +6,10 @@ week-long pre-training run.
 
 The skipped-image counter is a ``multiprocessing.Value`` created when this module is imported.
 Data-loader workers started by ``fork`` (the default on Linux, used by Detectron2's loaders)
-inherit the same shared memory, so their skips add up in the training process, where
-:class:`SkippedImagesLogger` reads them. Workers started by ``spawn``/``forkserver`` re-import the
-module and count separately (their warnings are still logged). Each training process (rank) has
-its own counter; the hook sums the ranks.
+inherit the same shared memory, so their skips add up in the training process, where the
+hook :class:`ssprl_d2.engine.hooks.SkippedImagesLogger` reads them. Workers started by
+``spawn``/``forkserver`` re-import the module and count separately (their warnings are still
+logged). Each training process (rank) has its own counter; that hook sums the ranks.
 """
 import logging
 import multiprocessing
@@ -19,13 +19,10 @@ from typing import Optional
 
 import numpy as np
 from detectron2.data.detection_utils import convert_PIL_to_numpy
-from detectron2.engine import HookBase
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from PIL import Image, ImageOps
 
 __all__ = [
-    "SkippedImagesLogger",
     "note_image_read",
     "num_skipped_images",
     "read_image_array",
@@ -140,25 +137,3 @@ def note_image_read() -> None:
 def num_skipped_images() -> int:
     """Images skipped so far by this process and its fork-started data-loader workers."""
     return int(_SKIPPED.value)
-
-
-class SkippedImagesLogger(HookBase):
-    """Every ``period`` iterations, store the skipped-image count as ``data/skipped_images``.
-
-    The value is the total over all ranks (an all-gather, so every rank must run the hook).
-    """
-
-    def __init__(self, period: int = 20):
-        """
-        Args:
-            period: iterations between two reports (and one at the last iteration).
-        """
-        self._period = period
-
-    def after_step(self):
-        iteration = self.trainer.iter
-        last = iteration + 1 >= self.trainer.max_iter
-        if (iteration + 1) % self._period and not last:
-            return
-        total = sum(comm.all_gather(num_skipped_images()))
-        self.trainer.storage.put_scalar("data/skipped_images", total, smoothing_hint=False)

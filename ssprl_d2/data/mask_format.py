@@ -13,19 +13,17 @@ from typing import Dict, List
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 
+from ssprl_d2.config.choices import MASK_FORMATS, check_choice
+
 from .detection_mapper import SafeDatasetMapper
 
 __all__ = [
-    "MASK_FORMATS",
     "build_instance_train_loader",
     "count_mask_kinds",
     "resolve_mask_format",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Allowed values of INPUT.MASK_FORMAT.
-MASK_FORMATS = ("auto", "polygon", "bitmask")
 
 
 def count_mask_kinds(dataset_dicts: List[Dict]) -> Counter:
@@ -55,8 +53,7 @@ def resolve_mask_format(dataset_dicts: List[Dict], requested: str, source: str =
     Raises:
         ValueError: naming INPUT.MASK_FORMAT, for an unknown value or "polygon" with RLE masks.
     """
-    if requested not in MASK_FORMATS:
-        raise ValueError(f"INPUT.MASK_FORMAT must be one of {MASK_FORMATS}: {requested!r}")
+    check_choice("INPUT.MASK_FORMAT", requested, MASK_FORMATS)
     kinds = count_mask_kinds(dataset_dicts)
     found = f"{kinds['polygon']} polygon and {kinds['rle']} RLE masks in {source or 'the data'}"
     if requested == "polygon" and kinds["rle"]:

@@ -31,6 +31,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from PIL import Image
 
+from .classification_meta import check_num_classes
 from .image_io import read_image_or_none
 
 logger = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ def apply_label_subset(
         if fraction <= 0:
             raise FileNotFoundError(
                 f"Label subset {path} does not exist; create it with tools/make_label_subset.py "
-                "or set DATASETS.SSPRL.LABEL_SUBSET_FRACTION to draw it on first use."
+                "or set DATASETS.CLASSIFICATION.LABEL_SUBSET_FRACTION to draw it on first use."
             )
         ids = sample_label_subset([d["image_id"] for d in dataset_dicts], fraction, seed)
         write_label_subset(path, ids)
@@ -321,14 +322,12 @@ def get_multilabel_train_dicts(cfg: CfgNode) -> List[Dict]:
 
     Use its length for epoch-based schedules of classification jobs.
     """
-    from ssprl_d2.modeling.classifier import check_num_classes
-
     ccfg = cfg.MODEL.CLASSIFIER
     names = list(cfg.DATASETS.TRAIN)
     dicts = _dicts_with_json_labels(names)
     for name in names:
         check_num_classes(name, ccfg.NUM_CLASSES)
-    dcfg = cfg.DATASETS.SSPRL
+    dcfg = cfg.DATASETS.CLASSIFICATION
     if dcfg.LABEL_SUBSET:
         dicts = apply_label_subset(
             dicts, dcfg.LABEL_SUBSET, dcfg.LABEL_SUBSET_FRACTION, dcfg.LABEL_SUBSET_SEED
@@ -338,8 +337,6 @@ def get_multilabel_train_dicts(cfg: CfgNode) -> List[Dict]:
 
 def get_multilabel_test_dicts(cfg: CfgNode, dataset_name: str) -> List[Dict]:
     """Every image of ``dataset_name`` with its "labels"."""
-    from ssprl_d2.modeling.classifier import check_num_classes
-
     ccfg = cfg.MODEL.CLASSIFIER
     dicts = _dicts_with_json_labels([dataset_name])
     check_num_classes(dataset_name, ccfg.NUM_CLASSES)

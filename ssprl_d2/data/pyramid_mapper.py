@@ -31,6 +31,13 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import roi_align
 
 from .image_io import note_image_read, read_image_or_none
+from ssprl_d2.config.choices import (
+    LOADER_KERNELS,
+    PHOTOMETRIC_ON,
+    RESAMPLE_MODES,
+    check_choice,
+)
+
 from .photometric import apply_photometric, sample_photometric_params, truncate_to_uint8
 from .photometric_numba import apply_photometric_numba, warm_up_numba_kernel
 
@@ -213,14 +220,9 @@ class PyramidDatasetMapper:
             resample: "interpolate" or "roi_align" (see the module docstring).
             image_format: format the image is read in (RGB).
         """
-        if resample not in ("interpolate", "roi_align"):
-            raise ValueError(f"resample must be 'interpolate' or 'roi_align', got {resample!r}")
-        if photometric_on not in ("loader", "model"):
-            raise ValueError(f"photometric_on must be 'loader' or 'model', got {photometric_on!r}")
-        if loader_kernel not in ("numba", "torch"):
-            raise ValueError(
-                f"INPUT.SSPRL.LOADER_KERNEL must be 'numba' or 'torch', got {loader_kernel!r}"
-            )
+        check_choice("INPUT.SSPRL.RESAMPLE", resample, RESAMPLE_MODES)
+        check_choice("INPUT.SSPRL.PHOTOMETRIC_ON", photometric_on, PHOTOMETRIC_ON)
+        check_choice("INPUT.SSPRL.LOADER_KERNEL", loader_kernel, LOADER_KERNELS)
         if photometric_on == "loader" and loader_kernel == "numba":
             # Fails here, at start-up, if numba is missing; compiles (or loads the cached
             # machine code) once in this process, before data-loader workers fork from it.

@@ -1,5 +1,5 @@
-"""Pre-training hooks: the loss summary at the end of a run and the kNN multi-label monitor.
-(Skipped-image counting runs in every job: see :meth:`ssprl_d2.engine.Trainer.build_hooks`.)"""
+"""Trainer hooks: the skipped-image count of every job, and the pre-training hooks (the loss
+summary at the end of a run, the kNN multi-label monitor)."""
 import json
 import logging
 import os
@@ -27,9 +27,32 @@ from ssprl_d2.data.multilabel import (
     build_classification_augmentation,
     to_multilabel_dicts,
 )
+from ssprl_d2.data.image_io import num_skipped_images
 from ssprl_d2.evaluation.knn import knn_multilabel_map, pooled_features, subset_indices
 
 logger = logging.getLogger(__name__)
+
+
+class SkippedImagesLogger(HookBase):
+    """Every ``period`` iterations, store the skipped-image count as ``data/skipped_images``.
+
+    The value is the total over all ranks (an all-gather, so every rank must run the hook).
+    """
+
+    def __init__(self, period: int = 20):
+        """
+        Args:
+            period: iterations between two reports (and one at the last iteration).
+        """
+        self._period = period
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        last = iteration + 1 >= self.trainer.max_iter
+        if (iteration + 1) % self._period and not last:
+            return
+        total = sum(comm.all_gather(num_skipped_images()))
+        self.trainer.storage.put_scalar("data/skipped_images", total, smoothing_hint=False)
 
 
 class LossSummary(HookBase):

@@ -1,6 +1,6 @@
 """Start-up checks of the paths a job writes to and reads from, so that an unwritable or full
-``OUTPUT_DIR`` or a missing ``MODEL.WEIGHTS`` fails in the first seconds, not at the first
-checkpoint an hour later."""
+``OUTPUT_DIR``, a missing ``MODEL.WEIGHTS`` or weights / datasets that do not fit the classifier
+fail in the first seconds, not at the first checkpoint an hour later."""
 import errno
 import os
 import shutil
@@ -10,7 +10,19 @@ from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
-__all__ = ["check_output_dir", "check_weights_exist", "checkpoint_bytes", "run_preflight"]
+from ssprl_d2.checkpoint import read_checkpoint_state_dict
+from ssprl_d2.config import TASK_CLASSIFY, task_of
+from ssprl_d2.data.classification_meta import check_num_classes
+from ssprl_d2.modeling.classifier import check_head_compatibility
+
+__all__ = [
+    "check_classifier_inputs",
+    "check_job_inputs",
+    "check_output_dir",
+    "check_weights_exist",
+    "checkpoint_bytes",
+    "run_preflight",
+]
 
 
 # Bytes written and fsync'ed into OUTPUT_DIR at start-up: a full disk refuses them.
@@ -95,3 +107,26 @@ def run_preflight(cfg: CfgNode, resume: bool = False) -> None:
     check_output_dir(cfg.OUTPUT_DIR)
     if not (resume and _has_checkpoint(cfg.OUTPUT_DIR)):
         check_weights_exist(cfg.MODEL.WEIGHTS)
+
+
+def check_classifier_inputs(cfg: CfgNode) -> None:
+    """The classifier's inputs fit its config: NUM_CLASSES against the ``thing_classes`` of every
+    dataset in DATASETS.TRAIN / TEST whose metadata is already known, a local MODEL.WEIGHTS exists
+    and its classifier head (if any) has NUM_CLASSES outputs."""
+    num_classes = cfg.MODEL.CLASSIFIER.NUM_CLASSES
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        check_num_classes(name, num_classes)
+    weights = cfg.MODEL.WEIGHTS
+    if weights and _is_local(weights):
+        check_weights_exist(weights)
+        check_head_compatibility(
+            read_checkpoint_state_dict(weights, cfg.MODEL.WEIGHTS_TRUST_PICKLE),
+            num_classes,
+            f"MODEL.WEIGHTS={weights}",
+        )
+
+
+def check_job_inputs(cfg: CfgNode) -> None:
+    """The input checks of ``cfg``'s job that read files or dataset metadata."""
+    if task_of(cfg) == TASK_CLASSIFY:
+        check_classifier_inputs(cfg)

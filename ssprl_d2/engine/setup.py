@@ -1,29 +1,26 @@
-"""Config set-up shared by every ssprl_d2 entry point: merge, derive, validate, log."""
+"""Config set-up shared by every ssprl_d2 entry point (merge, derive, validate, log), and loading
+a trained pre-training checkpoint together with its config."""
 import logging
 import math
+import os
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ssprl_d2.config import add_ssprl_config
-from ssprl_d2.evaluation.knn import validate_knn_config
-from ssprl_d2.data.mask_format import MASK_FORMATS
+from ssprl_d2.checkpoint import SSPRLCheckpointer
+from ssprl_d2.config import TASK_PRETRAIN, add_ssprl_config, task_of, validate_config
+from ssprl_d2.data.datasets import register_from_config, train_set_size
 
-from .preflight import run_preflight
+from .preflight import check_job_inputs, run_preflight
 
 logger = logging.getLogger(__name__)
-
-TASK_PRETRAIN = "pretrain"
-TASK_CLASSIFY = "classification"
-TASK_DETECT = "detection"
-TASK_SEGMENT = "segmentation"
-# Meta-architectures of the semantic segmentation transfer.
-SEGMENT_ARCHS = ("SemanticSegmentor", "SlidingWindowSemanticSegmentor")
 
 
 def finish_distributed() -> None:
@@ -38,26 +35,12 @@ def finish_distributed() -> None:
         dist.destroy_process_group()
 
 
-def task_of(cfg: CfgNode) -> str:
-    """Which of the project's jobs a config describes, from its meta-architecture."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "SSPRL":
-        return TASK_PRETRAIN
-    if arch == "MultiLabelClassifier":
-        return TASK_CLASSIFY
-    if arch in SEGMENT_ARCHS:
-        return TASK_SEGMENT
-    return TASK_DETECT
-
-
 def load_config(config_file: str = "", opts=()) -> CfgNode:
     """Build a frozen-ready config: Detectron2 defaults + ssprl_d2 keys + file + overrides.
 
     Also registers datasets named by DATASETS.SSPRL.*, converts epochs to iterations and
     validates the keys of the job, so a bad config fails here and not after an hour.
     """
-    from ssprl_d2.data.datasets import register_from_config  # late: registers on import
-
     cfg = get_cfg()
     add_ssprl_config(cfg)
     if config_file:
@@ -67,6 +50,8 @@ def load_config(config_file: str = "", opts=()) -> CfgNode:
     _apply_batch_lr_scaling(cfg)
     _apply_epochs(cfg)
     validate_config(cfg)
+    _cpu_amp_fallback(cfg)
+    check_job_inputs(cfg)
     return cfg
 
 
@@ -103,66 +88,16 @@ def setup(args) -> CfgNode:
     return cfg
 
 
-def validate_config(cfg: CfgNode) -> None:
-    """Raise ``ValueError`` naming the offending key when the config is inconsistent."""
-    task = task_of(cfg)
-    if task == TASK_PRETRAIN:
-        from ssprl_d2.modeling.ssprl import validate_ssprl_config
-
-        validate_ssprl_config(cfg)
-        inp = cfg.INPUT.SSPRL
-        photometric = max(inp.COLOR_JITTER_PROB, inp.GRAYSCALE_PROB, inp.BLUR_PROB) > 0
-        if inp.PHOTOMETRIC_ON == "model" and str(cfg.MODEL.DEVICE) == "cpu" and photometric:
-            logger.warning(
-                "INPUT.SSPRL.PHOTOMETRIC_ON is 'model' on a CPU MODEL.DEVICE: colour jitter, "
-                "grayscale and blur run in the training process (~11 ms per image on one core). "
-                "For CPU training, INPUT.SSPRL.PHOTOMETRIC_ON loader does them in the loader "
-                "workers, about 8x cheaper."
-            )
-    elif task == TASK_CLASSIFY:
-        from ssprl_d2.modeling.classifier import validate_classifier_config
-
-        validate_classifier_config(cfg)
-    elif task == TASK_SEGMENT:
-        from ssprl_d2.modeling.semantic_seg import validate_segmentation_config
-
-        validate_segmentation_config(cfg)
-    validate_knn_config(cfg)
-    if cfg.INPUT.MASK_FORMAT not in MASK_FORMATS:
-        raise ValueError(
-            f"INPUT.MASK_FORMAT must be one of {MASK_FORMATS}: {cfg.INPUT.MASK_FORMAT!r}"
-        )
-    if cfg.SOLVER.OPTIMIZER not in ("SGD", "LARS"):
-        raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'LARS', got {cfg.SOLVER.OPTIMIZER!r}")
-    if cfg.SOLVER.AMP.PRECISION not in ("float16", "bfloat16"):
-        raise ValueError(
-            "SOLVER.AMP.PRECISION must be 'float16' or 'bfloat16', "
-            f"got {cfg.SOLVER.AMP.PRECISION!r}"
-        )
-    if cfg.SOLVER.AMP.ENABLED and str(cfg.MODEL.DEVICE) == "cpu":
-        _check_cpu_amp(cfg)
-    elif cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
-        raise ValueError(
-            f"SOLVER.AMP.ENABLED needs CUDA or a CPU MODEL.DEVICE, got {cfg.MODEL.DEVICE!r}: set "
-            "MODEL.DEVICE cuda or cpu, or SOLVER.AMP.ENABLED False"
-        )
-
-
 def cpu_supports_bf16() -> bool:
     """Whether this CPU runs bfloat16 matmuls / convolutions natively (AVX512-BF16 or AMX)."""
     mkldnn = torch.backends.mkldnn
     return bool(mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _check_cpu_amp(cfg: CfgNode) -> None:
-    """CPU autocast is bfloat16 only; where the CPU lacks bf16 the run falls back to float32."""
-    if cfg.SOLVER.AMP.PRECISION != "bfloat16":
-        raise ValueError(
-            f"SOLVER.AMP.PRECISION {cfg.SOLVER.AMP.PRECISION!r} is not supported on a CPU "
-            "MODEL.DEVICE (float16 autocast needs CUDA): set SOLVER.AMP.PRECISION bfloat16, or "
-            "SOLVER.AMP.ENABLED False"
-        )
-    if not cpu_supports_bf16():
+def _cpu_amp_fallback(cfg: CfgNode) -> None:
+    """CPU autocast is bfloat16 only (checked by validate_config); where the CPU lacks native
+    bf16 the run falls back to float32."""
+    if cfg.SOLVER.AMP.ENABLED and str(cfg.MODEL.DEVICE) == "cpu" and not cpu_supports_bf16():
         logger.warning(
             "SOLVER.AMP.ENABLED with bfloat16 on a CPU without native bf16 (AVX512-BF16 / AMX): "
             "training in float32 instead."
@@ -181,17 +116,6 @@ def _apply_batch_lr_scaling(cfg: CfgNode) -> None:
         cfg.SOLVER.BASE_LR *= factor
         cfg.SOLVER.BASE_LR_END *= factor
         cfg.SOLVER.REFERENCE_BATCH_SIZE = cfg.SOLVER.IMS_PER_BATCH
-
-
-def train_set_size(cfg: CfgNode) -> int:
-    """Number of training images of ``cfg.DATASETS.TRAIN`` (after label-subset filtering)."""
-    from detectron2.data import DatasetCatalog
-
-    if task_of(cfg) == TASK_CLASSIFY:
-        from ssprl_d2.data.multilabel import get_multilabel_train_dicts
-
-        return len(get_multilabel_train_dicts(cfg))  # after the label subset
-    return sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
 
 
 def _apply_epochs(cfg: CfgNode) -> None:
@@ -220,3 +144,33 @@ def _apply_epochs(cfg: CfgNode) -> None:
     if task_of(cfg) == TASK_PRETRAIN and cfg.MODEL.SSPRL.QUEUE.START_EPOCH >= 0:
         cfg.MODEL.SSPRL.QUEUE.START_ITER = int(cfg.MODEL.SSPRL.QUEUE.START_EPOCH * iters_per_epoch)
         logger.info(f"Queue start epoch -> QUEUE.START_ITER={cfg.MODEL.SSPRL.QUEUE.START_ITER}")
+
+
+def load_ssprl_checkpoint(
+    checkpoint: str, config_file: str = "", opts: Sequence[str] = (), device: str = "cpu"
+):
+    """Build the SS-PRL model of a pre-training checkpoint and load its weights (eval mode).
+
+    Args:
+        checkpoint: a pre-training checkpoint (``OUTPUT_DIR/model_final.pth``).
+        config_file: its config; default: ``config.yaml`` next to the checkpoint (written by
+            Detectron2's ``default_setup``).
+        opts: extra ``KEY VALUE`` overrides.
+        device: where the model runs.
+
+    Returns:
+        (model, cfg).
+    """
+    config_file = config_file or os.path.join(os.path.dirname(checkpoint), "config.yaml")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(
+            f"No config found for {checkpoint} (looked for {config_file}); pass the pre-training "
+            "config with --config."
+        )
+    cfg = load_config(config_file, ["MODEL.DEVICE", device, *opts])
+    if task_of(cfg) != TASK_PRETRAIN:
+        raise ValueError(f"{config_file} is not an SS-PRL pre-training config")
+    model = build_model(cfg)
+    SSPRLCheckpointer(model, trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE).load(checkpoint)
+    model.eval()
+    return model, cfg

@@ -16,8 +16,6 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
 from torch import nn
 
 from .multilabel_evaluator import mean_average_precision
@@ -27,7 +25,6 @@ __all__ = [
     "knn_multilabel_scores",
     "pooled_features",
     "subset_indices",
-    "validate_knn_config",
 ]
 
 
@@ -131,39 +128,3 @@ def pooled_features(
     """
     x = (images.to(pixel_mean.device).float() - pixel_mean) / pixel_std
     return backbone(x)[in_feature].float().mean(dim=(2, 3))  # (B, C_feat)
-
-
-def validate_knn_config(cfg: CfgNode) -> None:
-    """Raise ``ValueError`` naming the TEST.KNN key that is inconsistent (no-op when off)."""
-    c = cfg.TEST.KNN
-    if not c.TRAIN_DATASET:
-        if c.TEST_DATASETS:
-            raise ValueError(
-                f"TEST.KNN.TEST_DATASETS={list(c.TEST_DATASETS)} is set but TEST.KNN.TRAIN_DATASET "
-                "(the memory bank) is empty: set it to enable the kNN monitor."
-            )
-        return
-    if not c.TEST_DATASETS:
-        raise ValueError(
-            "TEST.KNN.TRAIN_DATASET is set but TEST.KNN.TEST_DATASETS is empty: name at least one "
-            "labelled dataset to query the memory bank."
-        )
-    known = set(DatasetCatalog.list())
-    for key, names in (("TRAIN_DATASET", [c.TRAIN_DATASET]), ("TEST_DATASETS", c.TEST_DATASETS)):
-        for name in names:
-            if name not in known:
-                raise ValueError(
-                    f"TEST.KNN.{key}: dataset {name!r} is not registered; register it (e.g. "
-                    "DATASETS.SSPRL.COCO_JSONS) or use a registered labelled dataset such as "
-                    "'ssprl_demo_train' / 'ssprl_demo_val'."
-                )
-    checks = (
-        (c.PERIOD >= 0, f"TEST.KNN.PERIOD must be >= 0 (0 = only after training), got {c.PERIOD}"),
-        (c.K >= 1, f"TEST.KNN.K must be >= 1, got {c.K}"),
-        (c.TEMPERATURE > 0, f"TEST.KNN.TEMPERATURE must be > 0, got {c.TEMPERATURE}"),
-        (c.MAX_IMAGES >= 0, f"TEST.KNN.MAX_IMAGES must be >= 0 (0 = all), got {c.MAX_IMAGES}"),
-        (c.BATCH_SIZE >= 1, f"TEST.KNN.BATCH_SIZE must be >= 1, got {c.BATCH_SIZE}"),
-    )
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(msg)

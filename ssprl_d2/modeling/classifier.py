@@ -4,21 +4,16 @@ The transfer protocol of SS-PRL (and SwAV-style evaluations): global average poo
 backbone feature map, one linear layer, BCE-with-logits per label. ``linear`` freezes the whole
 backbone (weights and BatchNorm statistics), ``finetune`` trains everything.
 """
-import os
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from torch import nn
 
-from ssprl_d2.checkpoint import read_weights_file
-
-
-CLASSIFIER_MODES = ("linear", "finetune")
+from ssprl_d2.config.choices import CLASSIFIER_MODES, check_choice
 
 
 def multilabel_bce_loss(
@@ -77,8 +72,7 @@ class MultiLabelClassifier(nn.Module):
             ignore_value: target value that is left out of the loss.
         """
         super().__init__()
-        if mode not in CLASSIFIER_MODES:
-            raise ValueError(f"Classifier mode must be one of {CLASSIFIER_MODES}: {mode!r}")
+        check_choice("mode", mode, CLASSIFIER_MODES)
         shapes = backbone.output_shape()
         if in_feature not in shapes:
             raise ValueError(
@@ -178,27 +172,6 @@ class MultiLabelClassifier(nn.Module):
 
 
 # ------------------------------------------------------------------------ start-up checks
-def _is_local_path(path: str) -> bool:
-    return "://" not in path
-
-
-def read_checkpoint_state_dict(path: str, trust_pickle: bool = False) -> Dict[str, object]:
-    """The name -> array mapping that :class:`SSPRLCheckpointer` would load from ``path``.
-
-    Handles Detectron2 / Caffe2 ``.pkl`` files and torch checkpoints (``{"model": ...}`` or a bare
-    state dict), read without running code (see :func:`ssprl_d2.checkpoint.read_weights_file`).
-    Only names and shapes are used by the callers.
-    """
-    data = read_weights_file(path, trust_pickle)
-    if path.endswith(".pkl") and isinstance(data, dict):
-        if "model" in data and "__author__" in data:
-            return data["model"]
-        return data.get("blobs", data)
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    return data if isinstance(data, dict) else {}
-
-
 def check_head_compatibility(state_dict: Dict[str, object], num_classes: int, source: str) -> None:
     """Raise ``ValueError`` if ``state_dict`` holds a classifier head for another class count.
 
@@ -216,68 +189,3 @@ def check_head_compatibility(state_dict: Dict[str, object], num_classes: int, so
                 "trained for this label set, set NUM_CLASSES to match, or start from backbone-only "
                 "weights (tools/convert_to_d2.py keeps only the backbone)."
             )
-
-
-def validate_classifier_config(cfg: CfgNode) -> None:
-    """Start-up checks of a MultiLabelClassifier config; raises with the offending key.
-
-    Checks MODEL.CLASSIFIER.MODE, NUM_CLASSES against the ``thing_classes`` of every dataset in
-    DATASETS.TRAIN / TEST whose metadata is already known, that a local MODEL.WEIGHTS exists and
-    that its classifier head (if any) has NUM_CLASSES outputs.
-    """
-    ccfg = cfg.MODEL.CLASSIFIER
-    if ccfg.MODE not in CLASSIFIER_MODES:
-        raise ValueError(f"MODEL.CLASSIFIER.MODE must be one of {CLASSIFIER_MODES}: {ccfg.MODE!r}")
-    if ccfg.NUM_CLASSES <= 0:
-        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES must be positive: {ccfg.NUM_CLASSES}")
-    if ccfg.BACKBONE_LR_FACTOR < 0:
-        raise ValueError(
-            f"MODEL.CLASSIFIER.BACKBONE_LR_FACTOR must be >= 0: {ccfg.BACKBONE_LR_FACTOR}"
-        )
-    if ccfg.IGNORE_VALUE in (0, 1):
-        raise ValueError("MODEL.CLASSIFIER.IGNORE_VALUE must differ from the labels 0 and 1.")
-    if ccfg.FAST_LINEAR.ENABLED and ccfg.MODE != "linear":
-        raise ValueError("MODEL.CLASSIFIER.FAST_LINEAR.ENABLED needs MODEL.CLASSIFIER.MODE linear.")
-    out_features = cfg.MODEL.RESNETS.OUT_FEATURES
-    if "resnet" in cfg.MODEL.BACKBONE.NAME and ccfg.IN_FEATURE not in out_features:
-        raise ValueError(
-            f"MODEL.CLASSIFIER.IN_FEATURE {ccfg.IN_FEATURE!r} is not in MODEL.RESNETS.OUT_FEATURES "
-            f"{list(cfg.MODEL.RESNETS.OUT_FEATURES)}."
-        )
-    icfg = cfg.INPUT.CLASSIFICATION
-    if icfg.TEST_RESIZE < icfg.TEST_CROP_SIZE:
-        raise ValueError(
-            f"INPUT.CLASSIFICATION.TEST_RESIZE ({icfg.TEST_RESIZE}) must be >= TEST_CROP_SIZE "
-            f"({icfg.TEST_CROP_SIZE})."
-        )
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        check_num_classes(name, ccfg.NUM_CLASSES)
-    weights = cfg.MODEL.WEIGHTS
-    if weights and _is_local_path(weights):
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(
-                f"MODEL.WEIGHTS {weights!r} does not exist. Give a converted Detectron2 .pkl "
-                "(tools/convert_to_d2.py), an ssprl_d2 checkpoint, or '' for random init."
-            )
-        check_head_compatibility(
-            read_checkpoint_state_dict(weights, cfg.MODEL.WEIGHTS_TRUST_PICKLE),
-            ccfg.NUM_CLASSES,
-            f"MODEL.WEIGHTS={weights}",
-        )
-
-
-def check_num_classes(dataset_name: str, num_classes: int) -> Optional[int]:
-    """Raise if the metadata of ``dataset_name`` lists a class count other than ``num_classes``.
-
-    Returns the dataset's class count, or None when its metadata has no ``thing_classes`` yet
-    (COCO jsons fill it in only when loaded; the loaders check again then).
-    """
-    classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
-    if classes is None:
-        return None
-    if len(classes) != num_classes:
-        raise ValueError(
-            f"Dataset {dataset_name!r} has {len(classes)} classes but MODEL.CLASSIFIER.NUM_CLASSES "
-            f"is {num_classes}."
-        )
-    return len(classes)

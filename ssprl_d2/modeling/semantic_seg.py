@@ -7,9 +7,9 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from torch.nn import functional as F
 
-__all__ = ["SlidingWindowSemanticSegmentor", "sliding_windows", "validate_segmentation_config"]
+from ssprl_d2.config.choices import SEM_SEG_TEST_MODES, check_choice
 
-TEST_MODES = ("whole", "slide")
+__all__ = ["SlidingWindowSemanticSegmentor", "sliding_windows"]
 
 
 def sliding_windows(
@@ -59,8 +59,7 @@ class SlidingWindowSemanticSegmentor(SemanticSegmentor):
             kwargs: see :class:`SemanticSegmentor`.
         """
         super().__init__(**kwargs)
-        if test_mode not in TEST_MODES:
-            raise ValueError(f"test_mode must be one of {TEST_MODES}, got {test_mode!r}")
+        check_choice("test_mode", test_mode, SEM_SEG_TEST_MODES)
         self.test_mode = test_mode
         self.test_crop_size = tuple(test_crop_size)
         self.test_stride = tuple(test_stride)
@@ -112,21 +111,3 @@ class SlidingWindowSemanticSegmentor(SemanticSegmentor):
             logits[..., y0:y1, x0:x1] += crop_logits
             count[..., y0:y1, x0:x1] += 1
         return logits / count  # (1, K, H, W)
-
-
-def validate_segmentation_config(cfg: CfgNode) -> None:
-    """Raise ``ValueError`` naming the key when a segmentation config is inconsistent."""
-    if cfg.TEST.SEM_SEG.MODE not in TEST_MODES:
-        raise ValueError(f"TEST.SEM_SEG.MODE must be one of {TEST_MODES}, got "
-                         f"{cfg.TEST.SEM_SEG.MODE!r}")
-    if len(cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES) != 1:
-        raise ValueError("MODEL.SEM_SEG_HEAD.IN_FEATURES must name one feature (e.g. ['res5'])")
-    needed = set(cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES) | (
-        {cfg.MODEL.FCN.AUX_IN_FEATURE} if cfg.MODEL.FCN.AUX_IN_FEATURE else set()
-    )
-    missing = needed - set(cfg.MODEL.RESNETS.OUT_FEATURES)
-    if missing:
-        raise ValueError(f"MODEL.RESNETS.OUT_FEATURES must include {sorted(missing)} "
-                         "(read by the FCN heads)")
-    if cfg.INPUT.SEG.PAD_TO_CROP and not cfg.INPUT.CROP.ENABLED:
-        raise ValueError("INPUT.SEG.PAD_TO_CROP needs INPUT.CROP.ENABLED (the size to pad to)")

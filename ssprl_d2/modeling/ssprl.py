@@ -1,6 +1,5 @@
 """The SS-PRL pre-training meta-architecture (Hsieh et al. 2022) on a Detectron2 backbone."""
 import logging
-import math
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -12,6 +11,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ssprl_d2.config.choices import CROSS_INPUTS, GROUP_CROPS, check_choice
+from ssprl_d2.config.validate import validate_ssprl_config
 from ssprl_d2.data.photometric import apply_photometric
 
 from .heads import FeatureQueue, ProjectionHead, UnitRowLinear
@@ -120,6 +121,8 @@ class SSPRL(nn.Module):
         self.alpha = list(alpha)
         self.beta = list(beta)
         self.cross_weight = cross_weight
+        check_choice("cross_input", cross_input, CROSS_INPUTS)
+        check_choice("group_crops", group_crops, GROUP_CROPS)
         self.cross_input = cross_input
         self.cross_normalize_input = cross_normalize_input
         self.use_pyramid_loss = use_pyramid_loss
@@ -198,8 +201,8 @@ class SSPRL(nn.Module):
             "freeze_prototypes_iters": c.FREEZE_PROTOTYPES_ITERS,
             "queue_lengths": lengths,
             "queue_start_iter": c.QUEUE.START_ITER,
-            "pixel_mean": list(cfg.INPUT.SSPRL.PIXEL_MEAN),
-            "pixel_std": list(cfg.INPUT.SSPRL.PIXEL_STD),
+            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": list(cfg.MODEL.PIXEL_STD),
             "group_crops": c.GROUP_CROPS,
             "check_finite": c.CHECK_FINITE_LOSS,
             "channels_last": c.CHANNELS_LAST,
@@ -421,103 +424,3 @@ class SSPRL(nn.Module):
             for b in range(batch):
                 out[b][f"prob_s{s}"] = probs[b]
         return out
-
-
-def validate_ssprl_config(cfg: CfgNode) -> None:
-    """Fail at start-up, naming the key, when the pre-training config is inconsistent."""
-    c, inp = cfg.MODEL.SSPRL, cfg.INPUT.SSPRL
-    grids = list(inp.GRIDS)
-    num_scales = 1 + len(grids)
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ValueError(f"Invalid SS-PRL config: {msg}")
-
-    need(
-        len(inp.CROP_SIZES) == len(inp.NUM_CROPS) == len(inp.MIN_SCALES) == len(inp.MAX_SCALES),
-        "INPUT.SSPRL.CROP_SIZES, NUM_CROPS, MIN_SCALES and MAX_SCALES must have equal lengths",
-    )
-    n_crops = sum(inp.NUM_CROPS)
-    need(
-        n_crops >= 2,
-        f"at least 2 scale-0 crops are needed, INPUT.SSPRL.NUM_CROPS={list(inp.NUM_CROPS)}",
-    )
-    for lo, hi in zip(inp.MIN_SCALES, inp.MAX_SCALES):
-        need(0 < lo <= hi <= 1, "INPUT.SSPRL.MIN/MAX_SCALES must satisfy 0 < min <= max <= 1")
-    need(
-        len(inp.PYRAMID_RESIZE) == len(grids) == len(inp.PATCH_SIZES) == len(inp.PYRAMID_SCALES),
-        f"INPUT.SSPRL.GRIDS {grids}, PYRAMID_RESIZE {list(inp.PYRAMID_RESIZE)}, PATCH_SIZES "
-        f"{list(inp.PATCH_SIZES)} and PYRAMID_SCALES must have one entry per pyramid scale",
-    )
-    for s, (g, size, patch) in enumerate(zip(grids, inp.PYRAMID_RESIZE, inp.PATCH_SIZES), 1):
-        need(g >= 1, f"INPUT.SSPRL.GRIDS[{s - 1}]={g} must be >= 1")
-        if size % g:
-            lower = (size // g) * g
-            raise ValueError(
-                f"Invalid SS-PRL config: INPUT.SSPRL.PYRAMID_RESIZE[{s - 1}]={size} is not "
-                f"divisible by its grid INPUT.SSPRL.GRIDS[{s - 1}]={g}; use {lower} or "
-                f"{lower + g}."
-            )
-        need(
-            patch <= size // g,
-            f"INPUT.SSPRL.PATCH_SIZES[{s - 1}]={patch} is larger than its grid cell "
-            f"({size}/{g} = {size // g} px); lower it or raise PYRAMID_RESIZE[{s - 1}]",
-        )
-    need(
-        len(c.NUM_PROTOTYPES) == num_scales,
-        f"MODEL.SSPRL.NUM_PROTOTYPES has {len(c.NUM_PROTOTYPES)} entries, expected one per "
-        f"scale ({num_scales} = 1 + len(INPUT.SSPRL.GRIDS))",
-    )
-    need(
-        len(c.ALPHA) == num_scales,
-        f"MODEL.SSPRL.ALPHA has {len(c.ALPHA)} entries, expected {num_scales} (one per scale)",
-    )
-    need(
-        len(c.BETA) == len(grids),
-        f"MODEL.SSPRL.BETA has {len(c.BETA)} entries, expected {len(grids)} (one per pyramid "
-        "scale s >= 1)",
-    )
-    need(
-        len(c.QUEUE.LENGTHS) in (0, num_scales),
-        f"MODEL.SSPRL.QUEUE.LENGTHS has {len(c.QUEUE.LENGTHS)} entries, expected {num_scales}",
-    )
-    need(
-        len(c.ASSIGN_CROPS) >= 1 and all(0 <= i < n_crops for i in c.ASSIGN_CROPS),
-        f"MODEL.SSPRL.ASSIGN_CROPS={list(c.ASSIGN_CROPS)} must index the {n_crops} scale-0 crops",
-    )
-    need(
-        c.CROSS_INPUT in ("probs", "scores"),
-        f"MODEL.SSPRL.CROSS_INPUT must be 'probs' or 'scores', got {c.CROSS_INPUT!r}",
-    )
-    need(
-        not c.SHARED_PROTOTYPES or len(set(c.NUM_PROTOTYPES)) == 1,
-        "MODEL.SSPRL.SHARED_PROTOTYPES needs the same K for every scale in NUM_PROTOTYPES",
-    )
-    need(c.GROUP_CROPS in ("resolution", "none"), "MODEL.SSPRL.GROUP_CROPS: resolution|none")
-    if c.COMPILE:
-        import torch._dynamo
-
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        need(
-            c.COMPILE_BACKEND in backends,
-            f"MODEL.SSPRL.COMPILE_BACKEND={c.COMPILE_BACKEND!r} is not a torch.compile backend "
-            f"({', '.join(sorted(backends))})",
-        )
-    need(
-        c.IN_FEATURE in cfg.MODEL.RESNETS.OUT_FEATURES,
-        f"MODEL.SSPRL.IN_FEATURE={c.IN_FEATURE} must be in MODEL.RESNETS.OUT_FEATURES",
-    )
-    need(
-        inp.PHOTOMETRIC_ON in ("loader", "model"),
-        f"INPUT.SSPRL.PHOTOMETRIC_ON must be 'loader' or 'model', got {inp.PHOTOMETRIC_ON!r}",
-    )
-    need(
-        inp.LOADER_KERNEL in ("numba", "torch"),
-        f"INPUT.SSPRL.LOADER_KERNEL must be 'numba' or 'torch', got {inp.LOADER_KERNEL!r}",
-    )
-    need(
-        inp.RESAMPLE in ("interpolate", "roi_align"),
-        f"INPUT.SSPRL.RESAMPLE must be 'interpolate' or 'roi_align', got {inp.RESAMPLE!r}",
-    )
-    need(c.TEMPERATURE > 0 and c.SINKHORN_EPSILON > 0, "TEMPERATURE and SINKHORN_EPSILON > 0")
-    need(not math.isnan(c.CROSS_WEIGHT) and c.CROSS_WEIGHT >= 0, "MODEL.SSPRL.CROSS_WEIGHT >= 0")

@@ -1,4 +1,4 @@
-"""Optimizers of the project: LARS/SGD for pre-training, per-task dispatch."""
+"""The SGD / LARS optimizer of pre-training (and of the transfers that use its parameter groups)."""
 from typing import Dict, List
 
 import torch
@@ -40,20 +40,9 @@ def pretrain_param_groups(
     return groups
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer for ``cfg``'s job (pre-training: SGD or LARS; classification: the
-    classifier's groups; detection: Detectron2's default)."""
-    from ssprl_d2.engine.setup import TASK_CLASSIFY, TASK_DETECT, task_of
-
-    task = task_of(cfg)
-    if task == TASK_CLASSIFY:
-        from .classification import build_classifier_optimizer
-
-        return build_classifier_optimizer(cfg, model)
-    if task == TASK_DETECT and cfg.SOLVER.OPTIMIZER == "SGD":
-        from detectron2.solver import build_optimizer as d2_build_optimizer
-
-        return d2_build_optimizer(cfg, model)
+def build_ssprl_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or LARS (``SOLVER.OPTIMIZER``) over :func:`pretrain_param_groups`: the optimizer of
+    pre-training, segmentation and of detection with LARS."""
     groups = pretrain_param_groups(
         model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.LARS.EXCLUDE_BN_BIAS
     )

@@ -6,6 +6,8 @@ from detectron2.config import CfgNode
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from torch import nn
 
+from ssprl_d2.config.choices import CLASSIFIER_MODES, check_choice
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,6 +28,7 @@ def build_classifier_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Op
     """
     model = getattr(model, "module", model)
     mode = cfg.MODEL.CLASSIFIER.MODE
+    check_choice("MODEL.CLASSIFIER.MODE", mode, CLASSIFIER_MODES)
     base_lr = cfg.SOLVER.BASE_LR
     factor = cfg.MODEL.CLASSIFIER.BACKBONE_LR_FACTOR
     common = dict(
@@ -38,15 +41,13 @@ def build_classifier_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Op
     if mode == "linear":
         params = get_default_optimizer_params(model.head, **common)
         summary = f"head only, lr {base_lr}"
-    elif mode == "finetune":
+    else:  # "finetune"
         params = get_default_optimizer_params(
             model,
             lr_factor_func=lambda name: factor if name.startswith("backbone.") else 1.0,
             **common,
         )
         summary = f"head lr {base_lr}, backbone lr {base_lr * factor:.6g}"
-    else:
-        raise ValueError(f"MODEL.CLASSIFIER.MODE must be 'linear' or 'finetune': {mode!r}")
     if not params:
         raise ValueError("The classifier has no trainable parameters.")
     n_params = sum(p.numel() for g in params for p in g["params"])

@@ -4,7 +4,6 @@ from .prototypes import (  # noqa: F401
     ScaleEmbedding,
     compute_prototype_embeddings,
     cross_scale_correspondence,
-    load_ssprl_checkpoint,
     plot_cross_scale,
     plot_prototype_tsne,
     save_figure,

@@ -26,8 +26,6 @@ from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, HPacker, OffsetImage, TextArea, VPacker
 from torch import nn
 
-from ssprl_d2.checkpoint import SSPRLCheckpointer
-
 
 __all__ = [
     "ScaleEmbedding",
@@ -35,7 +33,6 @@ __all__ = [
     "compute_prototype_embeddings",
     "cross_scale_correspondence",
     "grid_patches",
-    "load_ssprl_checkpoint",
     "plot_cross_scale",
     "plot_prototype_tsne",
     "resize_square",
@@ -142,42 +139,6 @@ def _thumbnails(image: torch.Tensor, grid: int, resize: int, patch: int, size: i
     return np.stack(thumbs)
 
 
-# ------------------------------------------------------------------------------------ model
-def load_ssprl_checkpoint(
-    checkpoint: str, config_file: str = "", opts: Sequence[str] = (), device: str = "cpu"
-) -> Tuple[nn.Module, "CfgNode"]:  # noqa: F821
-    """Build the SS-PRL model of a checkpoint and load it, in eval mode.
-
-    Args:
-        checkpoint: a pre-training checkpoint (``OUTPUT_DIR/model_final.pth``).
-        config_file: its config; default: ``config.yaml`` next to the checkpoint (written by
-            Detectron2's ``default_setup``).
-        opts: extra ``KEY VALUE`` overrides.
-        device: where the model runs.
-
-    Returns:
-        (model, cfg).
-    """
-    from detectron2.modeling import build_model
-
-    from ssprl_d2.engine.setup import load_config, task_of
-
-    config_file = config_file or os.path.join(os.path.dirname(checkpoint), "config.yaml")
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(
-            f"No config found for {checkpoint} (looked for {config_file}); pass the pre-training "
-            "config with --config."
-        )
-    cfg = load_config(config_file, ["MODEL.DEVICE", device, *opts])
-    if task_of(cfg) != "pretrain":
-        raise ValueError(f"{config_file} is not an SS-PRL pre-training config")
-    model = build_model(cfg)
-    SSPRLCheckpointer(model, trust_pickle=cfg.MODEL.WEIGHTS_TRUST_PICKLE).load(checkpoint)
-    model.eval()
-    return model, cfg
-
-
-@torch.no_grad()
 def compute_prototype_embeddings(
     model: nn.Module,
     images: Sequence[torch.Tensor],
@@ -425,10 +386,10 @@ def _read_images(dataset: str, max_images: int) -> List[torch.Tensor]:
 
 
 def visualize_prototypes(
-    checkpoint: str,
+    model: nn.Module,
+    cfg,
     dataset: str,
     output_dir: str,
-    config_file: str = "",
     size: int = 1200,
     per_prototype: int = 4,
     num_prototypes: int = 12,
@@ -438,13 +399,13 @@ def visualize_prototypes(
     seed: int = 0,
 ) -> Dict[str, object]:
     """Write the Figure-2 t-SNE maps (scale 0 and the finest scale) and the Figure-3
-    cross-scale figure of a checkpoint, evaluated on ``dataset``.
+    cross-scale figure of a trained SS-PRL ``model`` (with its config ``cfg``; see
+    :func:`ssprl_d2.engine.setup.load_ssprl_checkpoint`), evaluated on ``dataset``.
 
     Returns:
         {"files": [png paths], "usage": {scale: [...]}, "cross_scale": correspondence dict
         (absent for a global-only model)}.
     """
-    model, cfg = load_ssprl_checkpoint(checkpoint, config_file)
     images = _read_images(dataset, max_images)
     if not images:
         raise ValueError(f"Dataset {dataset} has no images")

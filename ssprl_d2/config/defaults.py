@@ -1,6 +1,23 @@
-"""All ssprl_d2 config keys, added to a Detectron2 config by :func:`add_ssprl_config`."""
+"""All ssprl_d2 config keys, added to a Detectron2 config by :func:`add_ssprl_config`.
+
+Enumerated keys take one of the tuples of :mod:`.choices` (named in their comments). Keys that
+were renamed raise a ``KeyError`` naming the new key when a config still sets them.
+"""
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
+
+# Old key -> (new key, note), raised by yacs when a config file or override sets the old key.
+RENAMED_KEYS = {
+    "INPUT.SSPRL.PIXEL_MEAN": ("MODEL.PIXEL_MEAN", "pre-training now normalises with "
+                               "Detectron2's MODEL.PIXEL_MEAN / PIXEL_STD (RGB, 0-255 scale)"),
+    "INPUT.SSPRL.PIXEL_STD": ("MODEL.PIXEL_STD", "see MODEL.PIXEL_MEAN"),
+    "DATASETS.SSPRL.LABEL_SUBSET": ("DATASETS.CLASSIFICATION.LABEL_SUBSET",
+                                    "label subsets belong to the classification jobs"),
+    "DATASETS.SSPRL.LABEL_SUBSET_FRACTION": ("DATASETS.CLASSIFICATION.LABEL_SUBSET_FRACTION",
+                                             "label subsets belong to the classification jobs"),
+    "DATASETS.SSPRL.LABEL_SUBSET_SEED": ("DATASETS.CLASSIFICATION.LABEL_SUBSET_SEED",
+                                         "label subsets belong to the classification jobs"),
+}
 
 
 def add_ssprl_config(cfg: CN) -> CN:
@@ -18,6 +35,8 @@ def add_ssprl_config(cfg: CN) -> CN:
     _add_knn_config(cfg)
     _add_input_trust_config(cfg)
     _add_segmentation_config(cfg)
+    for old, (new, note) in RENAMED_KEYS.items():
+        cfg.register_renamed_key(old, new, message=note)
     return cfg
 
 
@@ -46,9 +65,10 @@ def _add_pretrain_model_config(cfg: CN) -> None:
     _C.MODEL.SSPRL.BETA = [0.25, 0.25]
     # lambda, the weight of L_cross in the total loss (Eq. 4).
     _C.MODEL.SSPRL.CROSS_WEIGHT = 1.0
-    # Input of the cross-scale learners: "scores" (mean raw scores, L2-normalised, the authors'
-    # release) or "probs" (mean softmax, Eq. 3 as printed). Default "scores": with "probs" the
-    # cross-scale terms stayed at ln K on the demo (their logits are capped at |mean| / tau).
+    # Input of the cross-scale learners, one of choices.CROSS_INPUTS: "scores" (mean raw scores,
+    # L2-normalised, the authors' release) or "probs" (mean softmax, Eq. 3 as printed). Default
+    # "scores": with "probs" the cross-scale terms stayed at ln K on the demo (their logits are
+    # capped at |mean| / tau).
     _C.MODEL.SSPRL.CROSS_INPUT = "scores"
     # L2-normalise the "probs" input of the cross-scale learners (the "scores" input always is).
     # The learners are cosine classifiers (unit rows): an unnormalised mean of softmax vectors
@@ -62,7 +82,7 @@ def _add_pretrain_model_config(cfg: CN) -> None:
     _C.MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS = 648
     # Backbone feature that is globally pooled into the heads.
     _C.MODEL.SSPRL.IN_FEATURE = "res5"
-    # Run crops of equal resolution through the backbone in one pass: "resolution" (all crops of
+    # Backbone passes, one of choices.GROUP_CROPS: "resolution" (all crops of
     # one size together) or "none" (one pass per crop group, for debugging).
     _C.MODEL.SSPRL.GROUP_CROPS = "resolution"
     # Stop with an error naming the term when a loss is NaN/inf.
@@ -123,19 +143,16 @@ def _add_pretrain_input_config(cfg: CN) -> None:
     _C.INPUT.SSPRL.BLUR_PROB = 0.5
     # Gaussian blur sigma range.
     _C.INPUT.SSPRL.BLUR_SIGMA = [0.1, 2.0]
-    # Where photometric augmentation runs: "loader" (CPU workers) or "model" (batched on the
-    # training device, parameters still drawn per crop by the loader).
+    # Where photometric augmentation runs, one of choices.PHOTOMETRIC_ON: "loader" (CPU workers)
+    # or "model" (batched on the training device, parameters still drawn per crop by the loader).
     _C.INPUT.SSPRL.PHOTOMETRIC_ON = "model"
-    # Implementation of loader-side photometric augmentation (PHOTOMETRIC_ON loader): "numba"
-    # (one compiled pass per crop, ~7x cheaper on the CPU) or "torch" (the batched torch ops that
-    # the model uses on the device).
+    # Loader-side photometric kernel (PHOTOMETRIC_ON loader), one of choices.LOADER_KERNELS:
+    # "numba" (one compiled pass per crop, ~7x cheaper on the CPU) or "torch" (the batched torch
+    # ops that the model uses on the device).
     _C.INPUT.SSPRL.LOADER_KERNEL = "numba"
-    # Resampling of crops: "interpolate" (antialiased bilinear per crop) or "roi_align" (all crops
-    # of one size in one batched op).
+    # Resampling of crops, one of choices.RESAMPLE_MODES: "interpolate" (antialiased bilinear per
+    # crop) or "roi_align" (all crops of one size in one batched op).
     _C.INPUT.SSPRL.RESAMPLE = "interpolate"
-    # Normalisation (RGB, 0-255 scale) applied by the model: torchvision mean/std.
-    _C.INPUT.SSPRL.PIXEL_MEAN = [123.675, 116.280, 103.530]
-    _C.INPUT.SSPRL.PIXEL_STD = [58.395, 57.120, 57.375]
     # Seed of the per-sample augmentation streams (-1 = from SEED / time). Fixed seeds make a
     # resumed run see exactly the same crops as an uninterrupted one.
     _C.INPUT.SSPRL.SEED = -1
@@ -143,7 +160,8 @@ def _add_pretrain_input_config(cfg: CN) -> None:
 
 def _add_solver_config(cfg: CN) -> None:
     _C = cfg
-    # Optimizer: "SGD" (Detectron2's) or "LARS" (SGD momentum wrapped with the LARC trust rule).
+    # Optimizer, one of choices.OPTIMIZERS: "SGD" (Detectron2's) or "LARS" (SGD momentum wrapped
+    # with the LARC trust rule).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.LARS = CN()
     # LARC trust coefficient.
@@ -158,7 +176,8 @@ def _add_solver_config(cfg: CN) -> None:
     _C.SOLVER.REFERENCE_BATCH_SIZE = 0
     # If > 0, MAX_ITER (and STEPS, CHECKPOINT_PERIOD when 0) come from epochs over the train set.
     _C.SOLVER.EPOCHS = 0.0
-    # Mixed precision dtype when SOLVER.AMP.ENABLED: "float16" (with loss scaling) or "bfloat16".
+    # Mixed precision dtype when SOLVER.AMP.ENABLED, one of choices.AMP_PRECISIONS: "float16"
+    # (with loss scaling) or "bfloat16".
     _C.SOLVER.AMP.PRECISION = "float16"
 
 
@@ -167,7 +186,8 @@ def _add_classification_config(cfg: CN) -> None:
     _C.MODEL.CLASSIFIER = CN()
     # Number of labels of the multi-label head.
     _C.MODEL.CLASSIFIER.NUM_CLASSES = 80
-    # "linear" (frozen backbone, BN in eval mode) or "finetune" (whole network trained).
+    # One of choices.CLASSIFIER_MODES: "linear" (frozen backbone, BN in eval mode) or "finetune"
+    # (whole network trained).
     _C.MODEL.CLASSIFIER.MODE = "linear"
     # Backbone feature that is globally pooled.
     _C.MODEL.CLASSIFIER.IN_FEATURE = "res5"
@@ -213,13 +233,16 @@ def _add_data_config(cfg: CN) -> None:
     _C.DATASETS.SSPRL.IMAGE_FOLDERS = []
     # COCO jsons registered on the fly: list of [name, json, image_root] triples.
     _C.DATASETS.SSPRL.COCO_JSONS = []
-    # File with the image ids of a labelled subset (semi-supervised); "" = all images.
-    _C.DATASETS.SSPRL.LABEL_SUBSET = ""
+
+    # Labelled subsets of the classification jobs (semi-supervised fine-tuning).
+    _C.DATASETS.CLASSIFICATION = CN()
+    # File with the image ids of a labelled subset; "" = all images.
+    _C.DATASETS.CLASSIFICATION.LABEL_SUBSET = ""
     # If LABEL_SUBSET does not exist: draw this fraction of the training image ids (sorted ids,
     # numpy RandomState(LABEL_SUBSET_SEED), without replacement) and write it; 0 = must exist.
-    _C.DATASETS.SSPRL.LABEL_SUBSET_FRACTION = 0.0
+    _C.DATASETS.CLASSIFICATION.LABEL_SUBSET_FRACTION = 0.0
     # Seed of the label-subset draw.
-    _C.DATASETS.SSPRL.LABEL_SUBSET_SEED = 0
+    _C.DATASETS.CLASSIFICATION.LABEL_SUBSET_SEED = 0
 
 
 def _add_knn_config(cfg: CN) -> None:
@@ -252,7 +275,7 @@ def _add_input_trust_config(cfg: CN) -> None:
     # False = tensors, numpy arrays, containers and the project's own checkpoint types only.
     _C.MODEL.WEIGHTS_TRUST_PICKLE = False
     # Instance mask format of detection training: "auto" (bitmask if any training annotation is
-    # RLE, else polygon; logged at start-up), "polygon" or "bitmask".
+    # RLE, else polygon; logged at start-up), "polygon" or "bitmask" (choices.MASK_FORMATS).
     _C.INPUT.MASK_FORMAT = "auto"
 
 
@@ -298,7 +321,8 @@ def _add_segmentation_config(cfg: CN) -> None:
     _C.INPUT.SEG.PAD_TO_CROP = True
 
     _C.TEST.SEM_SEG = CN()
-    # Inference of SlidingWindowSemanticSegmentor: "whole" (the resized image) or "slide".
+    # Inference of SlidingWindowSemanticSegmentor, one of choices.SEM_SEG_TEST_MODES: "whole" (the
+    # resized image) or "slide".
     _C.TEST.SEM_SEG.MODE = "whole"
     # Sliding-window size (h, w).
     _C.TEST.SEM_SEG.CROP_SIZE = [769, 769]
