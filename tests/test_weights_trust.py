@@ -20,7 +20,7 @@ from ssprl_d2.checkpoint import (
     convert_state_dict,
     save_d2_pickle,
 )
-from ssprl_d2.checkpoint.convert import SAFE_TORCH_GLOBALS
+from ssprl_d2.checkpoint.safe_load import SAFE_TORCH_GLOBALS
 from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.setup import load_config
 from ssprl_d2.engine.setup import load_ssprl_checkpoint
@@ -177,7 +177,7 @@ def test_own_training_checkpoint_loads_safely(tmp_path):
 
 
 # The one reader of checkpoint files, and the one checkpointer class.
-_ALLOWED_READERS = ("ssprl_d2/checkpoint/convert.py", "ssprl_d2/checkpoint/checkpointer.py")
+_ALLOWED_READERS = ("ssprl_d2/checkpoint/safe_load.py", "ssprl_d2/checkpoint/checkpointer.py")
 _RAW_LOAD = re.compile(r"(?<!`)\b(torch|pickle)\.load\(")  # not in ``docs``
 
 

@@ -15,7 +15,7 @@ are refused unless ``--trust-pickle`` is given.
 import argparse
 import sys
 
-from ssprl_d2.checkpoint.convert import (
+from ssprl_d2.checkpoint import (
     ConversionError,
     convert_checkpoint,
     required_config,

@@ -2,7 +2,7 @@
 
 :class:`SSPRLCheckpointer` is Detectron2's :class:`DetectionCheckpointer` with two changes:
 
-- Files are read by :func:`ssprl_d2.checkpoint.convert.load_checkpoint`, so no weights file runs
+- Files are read by :func:`ssprl_d2.checkpoint.safe_load.load_checkpoint`, so no weights file runs
   code: torch files with ``weights_only=True``, pickles (Detectron2 / model-zoo ``.pkl``) with an
   unpickler that allows numpy arrays and containers only. ``trust_pickle``
   (``MODEL.WEIGHTS_TRUST_PICKLE``) opts out for a trusted file.
@@ -20,7 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from torch import nn
 
-from .convert import load_checkpoint
+from .safe_load import load_checkpoint
 
 __all__ = ["SSPRLCheckpointer", "TRUST_KEY", "read_weights_file"]
 
