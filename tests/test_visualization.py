@@ -20,7 +20,7 @@ from ssprl_d2.visualization import (
     plot_prototype_tsne,
     save_figure,
 )
-from ssprl_d2.visualization.prototypes import center_square, grid_patches
+from ssprl_d2.visualization.views import center_square, grid_patches
 
 from pretrain_utils import tiny_pretrain_cfg, write_image_folder
 
