@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from ssprl_d2.data.multilabel import sample_label_subset, write_label_subset
+from ssprl_d2.engine.setup import load_config
 
 
 def main(argv=None):
@@ -30,8 +31,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logger(name="ssprl_d2")
     if args.config_file:
-        from ssprl_d2.engine.setup import load_config
-
         load_config(args.config_file)
     ids = [d["image_id"] for d in DatasetCatalog.get(args.dataset)]
     subset = sample_label_subset(ids, args.fraction, args.seed)
