@@ -25,6 +25,7 @@ that pipelines sharing this process do not page-fault each other's freed memory 
 """
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import random
@@ -34,10 +35,20 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference_pipeline import ReferencePyramidPipeline  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def _load_sibling(name: str):
+    """A module of this folder (benchmarks/ is not a package), by file path."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ReferencePyramidPipeline = _load_sibling("reference_pipeline").ReferencePyramidPipeline
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "ssprl_pretrain.yaml")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 MODES = (

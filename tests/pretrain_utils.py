@@ -14,18 +14,14 @@ def config_path(rel: str) -> str:
     return os.path.join(REPO, rel)
 
 
+# The tiny sizes shared with `tools/run_demo.py --tiny` (toy crops, tiny heads, batch 4).
+TINY_CONFIG = config_path("configs/quick_schedules/ssprl_pretrain_tiny.yaml")
+# The tests' own overrides of it: CPU, small queues that fill from iteration 1, a warm-up, a
+# fixed seed, and no kNN monitor (its test sets it up itself).
 TINY_OPTS = [
     "MODEL.DEVICE", "cpu",
-    "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
-    "INPUT.SSPRL.NUM_CROPS", "[2, 2]",
-    "INPUT.SSPRL.PYRAMID_RESIZE", "[32, 48]",
-    "INPUT.SSPRL.PATCH_SIZES", "[16, 16]",
-    "MODEL.SSPRL.HEAD_HIDDEN_DIM", "32",
-    "MODEL.SSPRL.HEAD_OUT_DIM", "16",
-    "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 6, 6]",
     "MODEL.SSPRL.QUEUE.LENGTHS", "[8, 16, 36]",
     "MODEL.SSPRL.QUEUE.START_ITER", "1",
-    "SOLVER.IMS_PER_BATCH", "4",
     "SOLVER.WARMUP_ITERS", "2",
     "DATALOADER.NUM_WORKERS", "0",
     "SEED", "7",
@@ -55,7 +51,7 @@ def tiny_pretrain_cfg(folder: str, output_dir: str, name: str = "", extra=()):
     # One dataset name per folder: registrations live for the whole test process.
     name = name or "tiny_pretrain_" + hashlib.sha1(folder.encode()).hexdigest()[:10]
     cfg = load_config(
-        config_path("configs/ssprl_demo.yaml"),
+        TINY_CONFIG,
         [
             "DATASETS.SSPRL.IMAGE_FOLDERS", f"[['{name}', '{folder}']]",
             "DATASETS.TRAIN", f"('{name}',)",

@@ -5,18 +5,18 @@ import json
 import os
 
 import pytest
-from pretrain_utils import REPO, write_image_folder
+from pretrain_utils import REPO, TINY_CONFIG, write_image_folder
 
+# bench_data measures the paper config's input pipeline (its photometric ops included): only
+# the crops shrink, to the sizes of TINY_CONFIG.
 TINY_CROPS = [
     "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
     "INPUT.SSPRL.NUM_CROPS", "[2, 2]",
     "INPUT.SSPRL.PYRAMID_RESIZE", "[32, 48]",
     "INPUT.SSPRL.PATCH_SIZES", "[16, 16]",
 ]
+# bench_step on TINY_CONFIG, with queues (the step's queue path) and a fixed seed.
 TINY_MODEL = [
-    "MODEL.SSPRL.HEAD_HIDDEN_DIM", "32",
-    "MODEL.SSPRL.HEAD_OUT_DIM", "16",
-    "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 6, 6]",
     "MODEL.SSPRL.QUEUE.LENGTHS", "[8, 16, 36]",
     "SEED", "7",
 ]
@@ -61,10 +61,10 @@ def test_bench_data_reports_ratios(images, tmp_path, capsys):
 def test_bench_step_reports_ratios(images, tmp_path, capsys):
     bench = _load("bench_step")
     out = bench.main(
-        ["--config-file", os.path.join(REPO, "configs", "ssprl_demo.yaml"), "--device", "cpu",
+        ["--config-file", TINY_CONFIG, "--device", "cpu",
          "--depth", "18", "--batch-size", "2", "--iters", "1", "--warmup", "0",
          "--images", images, "--num-workers", "0", "--json", str(tmp_path / "step.json"),
-         *TINY_CROPS, *TINY_MODEL]
+         *TINY_MODEL]
     )
     runs = out["runs"]
     assert [r["label"] for r in runs] == ["reference", "measured"]
@@ -93,9 +93,9 @@ def test_bench_step_survives_an_out_of_memory_reference(images, monkeypatch, cap
 
     monkeypatch.setattr(bench, "run_setting", run_setting)
     out = bench.main(
-        ["--config-file", os.path.join(REPO, "configs", "ssprl_demo.yaml"), "--device", "cpu",
+        ["--config-file", TINY_CONFIG, "--device", "cpu",
          "--depth", "18", "--batch-size", "2", "--iters", "1", "--warmup", "0",
-         "--images", images, *TINY_CROPS, *TINY_MODEL]
+         "--images", images, *TINY_MODEL]
     )
     ref, measured = out["runs"]
     assert ref["out_of_memory"] and "20.00 GiB" in ref["error"]

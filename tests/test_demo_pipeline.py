@@ -7,13 +7,11 @@ import sys
 
 import pytest
 
-from ssprl_d2.engine.demo import (
-    REPO_ROOT,
-    collect_metrics,
-    format_results_markdown,
-    plan_demo,
-    run_demo,
-)
+from ssprl_d2.pipeline.demo import plan_demo, run_demo
+from ssprl_d2.pipeline.stages import collect_metrics
+from ssprl_d2.pipeline.tables import format_results_markdown
+
+from conftest import REPO_ROOT
 
 
 def test_plan_uses_the_project_configs_and_tools(tmp_path):
@@ -72,11 +70,16 @@ def test_results_markdown_has_rows_and_deltas():
     assert "+12.0 | +10.0 | +8.0 | +4.5 | — |" in text and "5m01s" in text
 
 
+def test_run_demo_needs_the_root_of_a_checkout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tools/train_net.py"):
+        run_demo(str(tmp_path / "out"), repo_root=str(tmp_path), dry_run=True)
+
+
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "out")
     lines = []
-    results = run_demo(out, tiny=True, log=lines.append)
+    results = run_demo(out, repo_root=REPO_ROOT, tiny=True, log=lines.append)
     return out, results, lines
 
 
@@ -119,7 +122,7 @@ def test_tiny_demo_end_to_end(tiny_demo):
 def test_second_run_skips_every_stage(tiny_demo):
     out, results, _ = tiny_demo
     lines = []
-    again = run_demo(out, tiny=True, log=lines.append)
+    again = run_demo(out, repo_root=REPO_ROOT, tiny=True, log=lines.append)
     skipped = [line for line in lines if "skipped (--redo to rerun)" in line]
     assert len(skipped) == 13
     assert again["rows"] == results["rows"]
@@ -138,7 +141,7 @@ def test_second_run_skips_every_stage(tiny_demo):
 
 
 def test_run_tool_logs_plain_text_and_reports_progress(tmp_path):
-    from ssprl_d2.engine.demo import run_tool
+    from ssprl_d2.pipeline.stages import run_tool
 
     script = tmp_path / "fake_tool.py"
     script.write_text(
@@ -148,14 +151,15 @@ def test_run_tool_logs_plain_text_and_reports_progress(tmp_path):
     )
     seen = []
     log = tmp_path / "logs" / "fake.log"
-    assert run_tool([str(script)], str(log), progress=seen.append) == 3
+    assert run_tool([str(script)], str(log), REPO_ROOT, progress=seen.append) == 3
     text = log.read_text()
     assert "\x1b" not in text and "MODEL: x" in text
     assert seen == ["iter 20, eta 0:01:02"]
 
 
 def test_editing_a_config_or_its_base_reruns_the_stage(tmp_path):
-    from ssprl_d2.engine.demo import DemoStage, _stages_to_run, config_fingerprint
+    from ssprl_d2.pipeline.stages import Stage as DemoStage
+    from ssprl_d2.pipeline.stages import config_fingerprint, stages_to_run
 
     base, leaf = tmp_path / "Base.yaml", tmp_path / "leaf.yaml"
     base.write_text("SOLVER:\n  BASE_LR: 0.1\n")
@@ -164,15 +168,16 @@ def test_editing_a_config_or_its_base_reruns_the_stage(tmp_path):
     product.write_text("x")
     stage = DemoStage(name="s", title="t", argv=["tools/train_net.py", "--config-file", str(leaf)],
                       product=str(product), estimate_s=1.0)
-    state = {"s": {"argv": stage.argv, "configs": config_fingerprint(stage.argv), "finished": 1}}
-    assert _stages_to_run([stage], state, redo=False) == {"s": False}
+    state = {"s": {"argv": stage.argv, "configs": config_fingerprint(stage.argv, REPO_ROOT),
+                   "finished": 1}}
+    assert stages_to_run([stage], state, redo=False, repo_root=REPO_ROOT) == {"s": False}
     base.write_text("SOLVER:\n  BASE_LR: 0.2\n")  # an edit two files away
-    assert _stages_to_run([stage], state, redo=False) == {"s": True}
-    assert config_fingerprint(["tools/convert_to_d2.py", "a", "b"]) is None
+    assert stages_to_run([stage], state, redo=False, repo_root=REPO_ROOT) == {"s": True}
+    assert config_fingerprint(["tools/convert_to_d2.py", "a", "b"], REPO_ROOT) is None
 
 
 def test_seed_summary_gives_mean_spread_and_deltas(tmp_path):
-    from ssprl_d2.engine.demo import format_seeds_markdown, summarize_seeds
+    from ssprl_d2.pipeline.tables import format_seeds_markdown, summarize_seeds
 
     def result(ssprl, random, glob):
         return {"rows": {"ssprl": {"linear_map": ssprl}, "random": {"linear_map": random},

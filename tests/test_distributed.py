@@ -9,7 +9,7 @@ from detectron2.utils import comm
 
 from ssprl_d2.engine.setup import finish_distributed
 
-from pretrain_utils import TINY_OPTS, config_path, write_image_folder
+from pretrain_utils import TINY_CONFIG, TINY_OPTS, write_image_folder
 
 
 def _sinkhorn_worker(out_dir):
@@ -44,7 +44,7 @@ def _train_worker(folder, out_dir):
     from ssprl_d2.engine.setup import load_config
 
     cfg = load_config(
-        config_path("configs/ssprl_demo.yaml"),
+        TINY_CONFIG,
         [
             "DATASETS.SSPRL.IMAGE_FOLDERS", f"[['ddp_tiny', '{folder}']]",
             "DATASETS.TRAIN", "('ddp_tiny',)",

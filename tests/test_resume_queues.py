@@ -16,7 +16,7 @@ import ssprl_d2  # noqa: F401
 from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.setup import finish_distributed, load_config
 
-from pretrain_utils import REPO, TINY_OPTS, config_path, write_image_folder
+from pretrain_utils import REPO, TINY_CONFIG, TINY_OPTS, write_image_folder
 
 # Queues per rank: 8 / 16 / 36 entries, full after 4 / 2 / 2 pushes from iteration 1, so the
 # pyramid queues are in use when training resumes from the checkpoint after iteration 2.
@@ -39,7 +39,7 @@ class StopAt(HookBase):
 
 def _worker(folder, out_dir, stop_at, resume):
     cfg = load_config(
-        config_path("configs/ssprl_demo.yaml"),
+        TINY_CONFIG,
         [
             "DATASETS.SSPRL.IMAGE_FOLDERS", f"[['ddp_resume', '{folder}']]",
             "DATASETS.TRAIN", "('ddp_resume',)",
@@ -99,7 +99,7 @@ def _train_cmd(folder, out, resume=False):
         "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "1",
     ]  # fmt: skip
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"),
-           "--config-file", config_path("configs/ssprl_demo.yaml")]
+           "--config-file", TINY_CONFIG]
     return cmd + (["--resume"] if resume else []) + opts
 
 

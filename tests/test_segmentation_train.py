@@ -5,7 +5,6 @@ import glob
 import math
 import os
 import pickle
-import sys
 from argparse import Namespace
 
 import pytest
@@ -15,9 +14,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import ssprl_d2  # noqa: F401  (registers datasets and models)
 from ssprl_d2.checkpoint import convert_state_dict, to_d2_model_dict
-from ssprl_d2.engine import build_trainer
 from ssprl_d2.config import TASK_SEGMENT, task_of
+from ssprl_d2.engine import build_trainer
 from ssprl_d2.engine.setup import load_config, setup
+from ssprl_d2.pipeline import transfer as run_transfer
+
+from tool_utils import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_DIR = os.path.join(REPO, "configs", "segmentation")
@@ -26,8 +28,7 @@ LEAVES = sorted(p for p in glob.glob(os.path.join(SEG_DIR, "*.yaml"))
 DEMO = ["DATASETS.TRAIN", "('ssprl_demo_sem_seg_train',)",
         "DATASETS.TEST", "('ssprl_demo_sem_seg_val',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "9"]
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import train_net  # noqa: E402
+train_net = load_tool("tools/train_net.py")  # tools/ is not a package
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,9 +121,6 @@ def test_demo_trains_evaluates_and_reloads(tmp_path):
 
 
 def test_transfer_runner_writes_the_segmentation_table(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "benchmarks", "transfer"))
-    import run_transfer  # noqa: E402  (benchmarks/ is not a package)
-
     calls = []
 
     def launcher(argv, log_file):
@@ -135,7 +133,7 @@ def test_transfer_runner_writes_the_segmentation_table(tmp_path):
 
     names = ["seg_voc12aug_20k", "seg_cityscapes_40k", "demo_fcn"]
     results = run_transfer.run_transfer(str(tmp_path / "w.pkl"), names, str(tmp_path / "out"),
-                                        launcher=launcher, log=lambda *a: None)
+                                        repo_root=REPO, launcher=launcher, log=lambda *a: None)
     assert {n: r["sem_seg/mIoU"] for n, r in results.items()} == {n: 42.5 for n in names}
     configs = [c[c.index("--config-file") + 1] for c in calls]
     assert configs == [run_transfer.PROTOCOLS[n].config for n in names]

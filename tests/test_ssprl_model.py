@@ -2,7 +2,7 @@ import logging
 
 import pytest
 import torch
-from pretrain_utils import config_path
+from pretrain_utils import TINY_CONFIG, config_path
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
@@ -15,20 +15,8 @@ from ssprl_d2.modeling.ssprl import SSPRL
 def tiny_cfg(extra=()):
     cfg = get_cfg()
     add_ssprl_config(cfg)
-    cfg.merge_from_file(config_path("configs/ssprl_demo.yaml"))
-    cfg.merge_from_list(
-        [
-            "INPUT.SSPRL.CROP_SIZES", "[32, 16]",
-            "INPUT.SSPRL.PYRAMID_RESIZE", "[32, 48]",
-            "INPUT.SSPRL.PATCH_SIZES", "[16, 16]",
-            "MODEL.SSPRL.HEAD_HIDDEN_DIM", "32",
-            "MODEL.SSPRL.HEAD_OUT_DIM", "16",
-            "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 6, 6]",
-            "MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "0",
-            "SOLVER.IMS_PER_BATCH", "4",
-            *extra,
-        ]
-    )
+    cfg.merge_from_file(TINY_CONFIG)
+    cfg.merge_from_list(["MODEL.SSPRL.FREEZE_PROTOTYPES_ITERS", "0", *extra])
     return cfg
 
 

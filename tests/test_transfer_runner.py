@@ -2,15 +2,17 @@
 and the paper-style Markdown tables (a fake launcher stands in for tools/train_net.py)."""
 import json
 import os
-import sys
 
 import pytest
 
-from ssprl_d2.engine.demo import REPO_ROOT, collect_metrics
+from ssprl_d2.pipeline import tables, transfer
+from ssprl_d2.pipeline.stages import collect_metrics
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks", "transfer"))
-import run_transfer  # noqa: E402
-import transfer_table  # noqa: E402
+from conftest import REPO_ROOT
+from tool_utils import load_tool
+
+run_transfer_cli = load_tool("benchmarks/transfer/run_transfer.py")
+transfer_table_cli = load_tool("benchmarks/transfer/transfer_table.py")
 
 
 def _write_metrics(run_dir, rows):
@@ -48,30 +50,30 @@ class FakeLauncher:
 
 
 def test_every_protocol_config_exists_and_paper_numbers():
-    for p in run_transfer.PROTOCOLS.values():
+    for p in transfer.PROTOCOLS.values():
         assert os.path.isfile(os.path.join(REPO_ROOT, p.config)), p.config
-    paper = {n: p.paper for n, p in run_transfer.PROTOCOLS.items()}
+    paper = {n: p.paper for n, p in transfer.PROTOCOLS.items()}
     assert paper["linear_coco"]["classification/mAP"] == 61.3
     assert paper["linear_voc07"]["classification/mAP"] == 80.5
     assert [paper[f"semi_coco_{k}"]["classification/mAP"] for k in (1, 10, 100)] == [
         45.1, 57.0, 62.9]
     assert paper["maskrcnn_15k"]["bbox/AP"] == "see paper Table 3"
-    assert run_transfer.parse_protocols("all") == list(run_transfer.PROTOCOLS)
+    assert transfer.parse_protocols("all") == list(transfer.PROTOCOLS)
     with pytest.raises(ValueError, match="Unknown protocol"):
-        run_transfer.parse_protocols("linear_coco,imagenet_knn")
+        transfer.parse_protocols("linear_coco,imagenet_knn")
 
 
 def test_command_passes_launch_flags_weights_and_output():
-    p = run_transfer.PROTOCOLS["maskrcnn_15k"]
-    flags = run_transfer.launch_flags(8, 2, 1, "tcp://10.0.0.1:1234")
-    argv = run_transfer.build_command(p, "/w/ssprl.pkl", "/out/maskrcnn_15k", flags,
-                                      ["SOLVER.IMS_PER_BATCH", "8"])
+    p = transfer.PROTOCOLS["maskrcnn_15k"]
+    flags = transfer.launch_flags(8, 2, 1, "tcp://10.0.0.1:1234")
+    argv = transfer.build_command(p, "/w/ssprl.pkl", "/out/maskrcnn_15k", flags,
+                                  ["SOLVER.IMS_PER_BATCH", "8"])
     assert argv[:3] == ["tools/train_net.py", "--config-file", p.config]
     assert argv[3:11] == ["--num-gpus", "8", "--num-machines", "2", "--machine-rank", "1",
                           "--dist-url", "tcp://10.0.0.1:1234"]
     assert argv[-6:] == ["SOLVER.IMS_PER_BATCH", "8", "MODEL.WEIGHTS", "/w/ssprl.pkl",
                          "OUTPUT_DIR", "/out/maskrcnn_15k"]
-    assert run_transfer.launch_flags() == []
+    assert transfer.launch_flags() == []
 
 
 def test_collect_metrics_last_value_prefixes_and_multilabel_file(tmp_path):
@@ -99,8 +101,8 @@ def test_run_skips_existing_and_redo_reruns(tmp_path):
     launcher = FakeLauncher()
     names = ["linear_voc07", "semi_coco_10", "maskrcnn_15k"]
     logs = []
-    results = run_transfer.run_transfer(str(weights), names, out, launcher=launcher,
-                                        log=logs.append)
+    results = transfer.run_transfer(str(weights), names, out, repo_root=REPO_ROOT,
+                                    launcher=launcher, log=logs.append)
     # One conversion (a .pth is converted first), then one run per protocol.
     assert [c[0] for c in launcher.calls] == ["tools/convert_to_d2.py"] + ["tools/train_net.py"] * 3
     pkl = launcher.calls[0][2]
@@ -115,13 +117,13 @@ def test_run_skips_existing_and_redo_reruns(tmp_path):
 
     # Second run: nothing is launched (not even the conversion), same results.
     again = FakeLauncher()
-    assert run_transfer.run_transfer(str(weights), names, out, launcher=again,
-                                     log=logs.append) == results
+    assert transfer.run_transfer(str(weights), names, out, repo_root=REPO_ROOT,
+                                 launcher=again, log=logs.append) == results
     assert again.calls == []
     # --redo relaunches everything.
     redo = FakeLauncher(values={"classification/mAP": 60.0, "bbox/AP": 1.0, "segm/AP": 1.0})
-    out_redo = run_transfer.run_transfer(str(weights), names, out, launcher=redo, redo=True,
-                                         log=logs.append)
+    out_redo = transfer.run_transfer(str(weights), names, out, repo_root=REPO_ROOT,
+                                     launcher=redo, redo=True, log=logs.append)
     assert len(redo.calls) == 4 and out_redo["linear_voc07"]["classification/mAP"] == 60.0
 
 
@@ -129,22 +131,59 @@ def test_failed_protocol_is_reported_and_retried(tmp_path):
     out = str(tmp_path / "t")
     launcher = FakeLauncher(fail={"demo_maskrcnn"})
     logs = []
-    results = run_transfer.run_transfer("w.pkl", ["demo_linear", "demo_maskrcnn"], out,
-                                        launcher=launcher, log=logs.append)
+    results = transfer.run_transfer("w.pkl", ["demo_linear", "demo_maskrcnn"], out,
+                                    repo_root=REPO_ROOT, launcher=launcher, log=logs.append)
     assert "demo_maskrcnn" not in results and "demo_linear" in results
     assert any("demo_maskrcnn FAILED" in line for line in logs)
     text = open(os.path.join(out, "transfer_results.md")).read()
     assert "| demo_maskrcnn |" in text and "not run" in text
     retry = FakeLauncher()
-    run_transfer.run_transfer("w.pkl", ["demo_linear", "demo_maskrcnn"], out, launcher=retry,
-                              log=logs.append)
+    transfer.run_transfer("w.pkl", ["demo_linear", "demo_maskrcnn"], out, repo_root=REPO_ROOT,
+                          launcher=retry, log=logs.append)
     assert len(retry.calls) == 1 and "demo_maskrcnn" in retry.calls[0][-1]
+
+
+def test_freshness_rule_of_the_stage_runner(tmp_path):
+    """The demo's rule on the transfer side: a protocol is skipped while its command, config
+    files and weights are unchanged; a changed command reruns the protocols (not the
+    conversion); new weights rerun the conversion and, downstream of it, every protocol."""
+    out = str(tmp_path / "fresh")
+    weights = tmp_path / "ckpt" / "model_final.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"first")
+    names = ["demo_linear", "demo_maskrcnn"]
+
+    def run(opts=()):
+        launcher = FakeLauncher()
+        transfer.run_transfer(str(weights), names, out, repo_root=REPO_ROOT, opts=opts,
+                              launcher=launcher, log=lambda *a: None)
+        return [(c[0], c[-1]) for c in launcher.calls]
+
+    assert len(run()) == 3
+    assert run() == []
+    state = json.load(open(os.path.join(out, "stages.json")))
+    assert set(state) == {"convert", "demo_linear", "demo_maskrcnn"}
+    assert state["demo_linear"]["configs"]  # the config file's fingerprint
+    # Another command for every protocol: both rerun, the conversion is still fresh.
+    rerun = run(opts=["SOLVER.MAX_ITER", "3"])
+    assert [tool for tool, _ in rerun] == ["tools/train_net.py"] * 2
+    assert run(opts=["SOLVER.MAX_ITER", "3"]) == []
+    # New weights in the same file: conversion, then both protocols.
+    weights.write_bytes(b"second, longer")
+    assert [tool for tool, _ in run(opts=["SOLVER.MAX_ITER", "3"])] == [
+        "tools/convert_to_d2.py", "tools/train_net.py", "tools/train_net.py"]
+
+
+def test_library_refuses_a_folder_that_is_no_checkout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tools/train_net.py"):
+        transfer.run_transfer("w.pkl", ["demo_linear"], str(tmp_path / "o"),
+                              repo_root=str(tmp_path), dry_run=True)
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path, capsys):
     out = tmp_path / "dry"
-    run_transfer.main(["--weights", "w.pkl", "--protocols", "linear_coco,maskrcnn_15k",
-                       "--output-dir", str(out), "--num-gpus", "8", "--dry-run"])
+    run_transfer_cli.main(["--weights", "w.pkl", "--protocols", "linear_coco,maskrcnn_15k",
+                           "--output-dir", str(out), "--num-gpus", "8", "--dry-run"])
     printed = capsys.readouterr().out
     assert printed.count("tools/train_net.py") == 2 and "--num-gpus 8" in printed
     assert "configs/detection/mask_rcnn_R50_FPN_coco2014_15k.yaml" in printed
@@ -152,7 +191,7 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path, capsys):
 
 
 def test_table_builder_on_fixture_files(tmp_path):
-    protocols = run_transfer.PROTOCOLS
+    protocols = transfer.PROTOCOLS
     for name, metrics in {
         "linear_coco": {"classification/mAP": 60.05},
         "semi_coco_1": {"classification/mAP": 46.0},
@@ -160,9 +199,9 @@ def test_table_builder_on_fixture_files(tmp_path):
     }.items():
         os.makedirs(tmp_path / name)
         (tmp_path / name / "transfer_result.json").write_text(json.dumps({"metrics": metrics}))
-    results = transfer_table.load_results(str(tmp_path), list(protocols))
+    results = transfer.load_results(str(tmp_path), list(protocols))
     assert set(results) == {"linear_coco", "semi_coco_1", "demo_maskrcnn"}
-    text = transfer_table.build_markdown(protocols, results, weights="x.pkl")
+    text = tables.build_transfer_markdown(protocols, results, weights="x.pkl")
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("| linear_coco |"))
     assert "| 60.0 | 61.3 | -1.2 |" in row  # ours, paper, delta
@@ -177,4 +216,4 @@ def test_table_builder_on_fixture_files(tmp_path):
     assert [h.split(" ")[1] + " " + h.split(" ")[2] for h in heads[:3]] == [
         "Table 1", "Table 2", "Table 3"]
     # The CLI rebuilds the same tables from the folder.
-    assert "| 60.0 | 61.3 | -1.2 |" in transfer_table.main([str(tmp_path)])
+    assert "| 60.0 | 61.3 | -1.2 |" in transfer_table_cli.main([str(tmp_path)])

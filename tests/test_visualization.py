@@ -23,6 +23,7 @@ from ssprl_d2.visualization import (
 from ssprl_d2.visualization.views import center_square, grid_patches
 
 from pretrain_utils import tiny_pretrain_cfg, write_image_folder
+from tool_utils import load_tool
 
 
 def test_views_are_deterministic_center_crops():
@@ -97,15 +98,8 @@ def test_embeddings_match_the_model(tiny_checkpoint):
 
 
 def test_cli_writes_pngs_of_the_requested_size(tiny_checkpoint, tmp_path):
-    import importlib.util
-
-    from ssprl_d2.engine.demo import REPO_ROOT
-
     path, cfg = tiny_checkpoint
-    spec = importlib.util.spec_from_file_location(
-        "visualize_prototypes", os.path.join(REPO_ROOT, "tools", "visualize_prototypes.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("tools/visualize_prototypes.py")
     out = tmp_path / "figs"
     summary = tool.main(["--checkpoint", path, "--dataset", "vis_tiny_imgs", "--output-dir",
                          str(out), "--size", "360", "--per-prototype", "2", "--num-prototypes",

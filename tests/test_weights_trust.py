@@ -5,7 +5,6 @@ import argparse
 import os
 import pickle
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -26,10 +25,10 @@ from ssprl_d2.engine.setup import load_config
 from ssprl_d2.engine.setup import load_ssprl_checkpoint
 
 from pretrain_utils import tiny_pretrain_cfg, write_image_folder
+from tool_utils import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import train_net  # noqa: E402  (tools/ is not a package)
+train_net = load_tool("tools/train_net.py")  # tools/ is not a package
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

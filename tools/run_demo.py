@@ -24,8 +24,12 @@ so a re-run is quick; --redo reruns everything. --tiny runs every stage at toy s
 """
 import argparse
 import sys
+from pathlib import Path
 
-from ssprl_d2.engine.demo import DemoError, run_demo, run_demo_seeds
+from ssprl_d2.pipeline.demo import DemoError, run_demo, run_demo_seeds
+
+# The checkout this script belongs to: its tools and configs are the ones the stages run.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,8 +49,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    opts = dict(tiny=args.tiny, skip_baseline=args.skip_baseline, redo=args.redo,
-                dry_run=args.dry_run)
+    opts = dict(repo_root=str(REPO_ROOT), tiny=args.tiny, skip_baseline=args.skip_baseline,
+                redo=args.redo, dry_run=args.dry_run)
     try:
         if args.seeds:
             return run_demo_seeds(args.output_dir, args.seeds, **opts)
