@@ -22,7 +22,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
-from ssprl_d2.data import photometric as P
+from ssprl_d2.ops import photometric as P
 from ssprl_d2.data import photometric_numba as PN
 from ssprl_d2.data.pyramid_mapper import (
     PyramidDatasetMapper,

@@ -3,7 +3,7 @@ from pretrain_utils import config_path
 from detectron2.config import get_cfg
 
 from ssprl_d2.config import add_ssprl_config
-from ssprl_d2.data.photometric import NUM_PARAMS
+from ssprl_d2.ops import NUM_PARAMS
 from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper, sample_resized_crop_box
 
 

@@ -38,7 +38,7 @@ from ssprl_d2.config.choices import (
     check_choice,
 )
 
-from .photometric import apply_photometric, sample_photometric_params, truncate_to_uint8
+from ssprl_d2.ops import apply_photometric, sample_photometric_params, truncate_to_uint8
 from .photometric_numba import apply_photometric_numba, warm_up_numba_kernel
 
 
