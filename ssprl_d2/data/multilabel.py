@@ -9,7 +9,6 @@ also present (the VOC protocol).
 """
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from detectron2.utils import comm
 from PIL import Image
 
 from .classification_meta import check_num_classes
+from .crop_geometry import sample_resized_crop_box
 from .image_io import read_image_or_none
 
 logger = logging.getLogger(__name__)
@@ -347,7 +347,15 @@ def get_multilabel_test_dicts(cfg: CfgNode, dataset_name: str) -> List[Dict]:
 class RandomResizedCrop(T.Augmentation):
     """Crop a random area fraction in ``scale`` and aspect ratio in ``ratio`` (log-uniform),
     resized to ``size`` x ``size``; after 10 failed draws, the central crop of the clamped ratio
-    (the torchvision definition)."""
+    (the torchvision definition: :func:`ssprl_d2.data.crop_geometry.sample_resized_crop_box`,
+    the pre-training mapper's rule).
+
+    Randomness: each call draws one seed from numpy's global RNG and samples the box from a
+    ``torch.Generator`` seeded with it. numpy's global RNG is the stream of Detectron2's own
+    augmentations (e.g. ``RandomFlip``), seeded per process and per data-loader worker by
+    ``seed_all_rng``; so the whole classification pipeline stays reproducible from that one
+    seed, and independent of torch's global RNG (model initialisation, samplers).
+    """
 
     def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), interp=None):
         super().__init__()
@@ -356,30 +364,15 @@ class RandomResizedCrop(T.Augmentation):
 
     def get_transform(self, image):
         h, w = image.shape[:2]
-        x0, y0, cw, ch = self._sample_box(h, w)
+        generator = torch.Generator().manual_seed(int(np.random.randint(2**31, dtype=np.int64)))
+        ratio = (min(self.ratio), max(self.ratio))  # the fallback clamps to the sorted range
+        top, left, ch, cw = sample_resized_crop_box(h, w, self.scale, ratio, generator)
         return T.TransformList(
             [
-                T.CropTransform(x0, y0, cw, ch),
+                T.CropTransform(left, top, cw, ch),
                 T.ResizeTransform(ch, cw, self.size, self.size, self.interp),
             ]
         )
-
-    def _sample_box(self, h: int, w: int):
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            area = h * w * self._rand_range(*self.scale)
-            aspect = math.exp(self._rand_range(*log_ratio))
-            cw = int(round(math.sqrt(area * aspect)))
-            ch = int(round(math.sqrt(area / aspect)))
-            if 0 < cw <= w and 0 < ch <= h:
-                return np.random.randint(0, w - cw + 1), np.random.randint(0, h - ch + 1), cw, ch
-        in_ratio = w / h
-        cw, ch = w, h
-        if in_ratio < min(self.ratio):
-            ch = int(round(w / min(self.ratio)))
-        elif in_ratio > max(self.ratio):
-            cw = int(round(h * max(self.ratio)))
-        return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
 class CenterCrop(T.Augmentation):
