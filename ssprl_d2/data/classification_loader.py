@@ -28,11 +28,11 @@ class RandomResizedCrop(T.Augmentation):
     (the torchvision definition: :func:`ssprl_d2.data.crop_geometry.sample_resized_crop_box`,
     the pre-training mapper's rule).
 
-    Randomness: each call draws one seed from numpy's global RNG and samples the box from a
-    ``torch.Generator`` seeded with it. numpy's global RNG is the stream of Detectron2's own
-    augmentations (e.g. ``RandomFlip``), seeded per process and per data-loader worker by
-    ``seed_all_rng``; so the whole classification pipeline stays reproducible from that one
-    seed, and independent of torch's global RNG (model initialisation, samplers).
+    Randomness: the box is drawn from torch's global RNG (``generator=None``), like the
+    pre-training mapper's default. Detectron2 seeds it per process (``seed_all_rng`` from
+    ``SEED``) and per data-loader worker (``worker_init_reset_seed``), so crops are
+    reproducible and differ between workers; the flip (``T.RandomFlip``) draws from numpy's
+    global RNG, seeded the same way.
     """
 
     def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), interp=None):
@@ -42,9 +42,8 @@ class RandomResizedCrop(T.Augmentation):
 
     def get_transform(self, image):
         h, w = image.shape[:2]
-        generator = torch.Generator().manual_seed(int(np.random.randint(2**31, dtype=np.int64)))
         ratio = (min(self.ratio), max(self.ratio))  # the fallback clamps to the sorted range
-        top, left, ch, cw = sample_resized_crop_box(h, w, self.scale, ratio, generator)
+        top, left, ch, cw = sample_resized_crop_box(h, w, self.scale, ratio)
         return T.TransformList(
             [
                 T.CropTransform(left, top, cw, ch),
