@@ -26,12 +26,7 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 
-from ssprl_d2.config.choices import (
-    LOADER_KERNELS,
-    PHOTOMETRIC_ON,
-    RESAMPLE_MODES,
-    check_choice,
-)
+from ssprl_d2.config.choices import LOADER_KERNELS, PHOTOMETRIC_ON, RESAMPLE_MODES, check_choice
 from ssprl_d2.ops import apply_photometric, sample_photometric_params
 
 from .crop_geometry import (
