@@ -23,8 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ssprl_d2.data.detection_mapper import SafeDatasetMapper
-from ssprl_d2.data.image_io import num_skipped_images, read_image_or_none
-from ssprl_d2.data.pyramid_mapper import read_rgb_tensor
+from ssprl_d2.data.image_io import num_skipped_images, read_image_or_none, read_rgb_tensor
 
 RGB = np.zeros((24, 32, 3), np.uint8)
 RGB[:, :16] = (200, 30, 30)

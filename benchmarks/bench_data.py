@@ -186,7 +186,7 @@ def time_pipelines(pipes, files: List[str], rounds: int) -> Dict[str, Dict[str, 
 def time_device_part(cfg, files: List[str], device: str, batch: int, rounds: int) -> dict:
     """Photometric augmentation + normalisation of mapper outputs (``PHOTOMETRIC_ON model``)
     batched per crop resolution, as the model does it before the backbone."""
-    from ssprl_d2.data.photometric import apply_photometric
+    from ssprl_d2.ops import apply_photometric
     from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
 
     c = cfg.clone()

@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 import ssprl_d2  # noqa: F401
-from ssprl_d2.data.image_io import num_skipped_images, read_image_array
+from ssprl_d2.data.image_io import num_skipped_images, read_image_array, read_rgb_tensor
 from ssprl_d2.engine.hooks import SkippedImagesLogger
-from ssprl_d2.data.pyramid_mapper import read_rgb_tensor
 from ssprl_d2.engine import build_trainer
 
 from detection_utils import tiny_detection_cfg

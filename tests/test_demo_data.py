@@ -13,13 +13,13 @@ from pycocotools.coco import COCO
 import ssprl_d2  # noqa: F401  (registers the demo splits)
 from ssprl_d2.data.datasets import prepare_datasets, register_demo_datasets
 from ssprl_d2.data.demo import (
-    _CATEGORY_SPECS,
     DEMO_CATEGORIES,
     DEMO_NUM_TRAIN,
     DEMO_NUM_VAL,
     ensure_demo_dataset,
     generate_demo_dataset,
 )
+from ssprl_d2.data.demo_render import CATEGORY_SPECS as _CATEGORY_SPECS
 
 SMALL = dict(num_train=12, num_val=6)
 

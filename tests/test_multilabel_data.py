@@ -12,20 +12,16 @@ from detectron2.data.datasets import register_coco_instances
 from PIL import Image
 
 from ssprl_d2.config import add_ssprl_config
-from ssprl_d2.data.multilabel import (
-    VOC_CLASSES,
+from ssprl_d2.data.classification_loader import (
     CenterCrop,
     MultiLabelDatasetMapper,
     RandomResizedCrop,
-    apply_label_subset,
     build_multilabel_test_loader,
     build_multilabel_train_loader,
-    get_multilabel_train_dicts,
-    load_label_subset,
-    load_voc_cls_dicts,
-    multilabel_targets,
-    sample_label_subset,
 )
+from ssprl_d2.data.label_subset import apply_label_subset, load_label_subset, sample_label_subset
+from ssprl_d2.data.multilabel import get_multilabel_train_dicts, multilabel_targets
+from ssprl_d2.data.voc_classification import VOC_CLASSES, load_voc_cls_dicts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("SSPRL_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))

@@ -22,15 +22,15 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
-from ssprl_d2.data import photometric as P
+from ssprl_d2.ops import photometric as P
 from ssprl_d2.data import photometric_numba as PN
-from ssprl_d2.data.pyramid_mapper import (
-    PyramidDatasetMapper,
+from ssprl_d2.data.crop_geometry import (
     resized_crop,
     resized_crops_roi_align,
     roi_resample,
     sample_resized_crop_box,
 )
+from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
 
 
 @pytest.fixture(scope="module")

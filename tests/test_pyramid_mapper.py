@@ -3,8 +3,9 @@ from pretrain_utils import config_path
 from detectron2.config import get_cfg
 
 from ssprl_d2.config import add_ssprl_config
-from ssprl_d2.data.photometric import NUM_PARAMS
-from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper, sample_resized_crop_box
+from ssprl_d2.ops import NUM_PARAMS
+from ssprl_d2.data.crop_geometry import sample_resized_crop_box
+from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
 
 
 def _cfg(**overrides):
@@ -113,7 +114,7 @@ def test_read_rgb_tensor_matches_detectron2_read_image(tmp_path):
     from detectron2.data.detection_utils import read_image
     from PIL import Image
 
-    from ssprl_d2.data.pyramid_mapper import read_rgb_tensor
+    from ssprl_d2.data.image_io import read_rgb_tensor
 
     yy, xx = np.mgrid[0:40, 0:56]
     arr = np.stack([yy * 6, xx * 4, (yy + xx) * 2], axis=-1).astype(np.uint8)

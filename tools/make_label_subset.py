@@ -15,7 +15,7 @@ import ssprl_d2  # noqa: F401  # isort: skip  (first: registers models and datas
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
-from ssprl_d2.data.multilabel import sample_label_subset, write_label_subset
+from ssprl_d2.data.label_subset import sample_label_subset, write_label_subset
 from ssprl_d2.engine.setup import load_config
 
 

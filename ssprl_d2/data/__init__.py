@@ -15,7 +15,7 @@ from .datasets import (  # noqa: F401  (importing registers the demo splits)
 )
 from .demo import DEMO_CATEGORIES, generate_demo_dataset, get_demo_root  # noqa: F401
 from .image_io import num_skipped_images, read_image_or_none  # noqa: F401
-from . import multilabel  # noqa: F401  (registers voc_2007_*_cls)
+from . import voc_classification  # noqa: F401  (registers voc_2007_*_cls)
 from .build import build_pretrain_train_loader  # noqa: F401
 from .detection_mapper import SafeDatasetMapper  # noqa: F401
 from .pyramid_mapper import PyramidDatasetMapper  # noqa: F401

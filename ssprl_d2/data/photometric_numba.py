@@ -1,6 +1,6 @@
 """Loader-side photometric augmentation as one compiled pass per crop (numba).
 
-Same operations, order and parameters as :func:`ssprl_d2.data.photometric.apply_photometric`
+Same operations, order and parameters as :func:`ssprl_d2.ops.photometric.apply_photometric`
 (colour jitter in the crop's own order, then grayscale, then Gaussian blur; see that module),
 for uint8 crops on the CPU. Where the torch implementation makes ~60 memory passes over a batch
 (one per elementary op, each image reordered at every stage), this one takes each crop once
@@ -19,8 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .photometric import (
-    _LUMA,
+from ssprl_d2.ops.color import LUMA
+from ssprl_d2.ops.photometric_params import (
     BLUR_ON,
     BRIGHTNESS,
     CONTRAST,
@@ -30,11 +30,12 @@ from .photometric import (
     ORDER,
     SATURATION,
     SIGMA,
+    sample_photometric_params,
 )
 
 logger = logging.getLogger(__name__)
 
-try:
+try:  # optional: without numba, LOADER_KERNEL numba raises a clear error (torch still works)
     import numba
 
     NUMBA_AVAILABLE = True
@@ -56,7 +57,7 @@ def _njit(fn):
         return numba.njit(**options)(fn)
 
 
-_LR, _LG, _LB = _LUMA  # ITU-R 601 luma
+_LR, _LG, _LB = LUMA  # ITU-R 601 luma
 _ORDER0 = ORDER.start
 
 
@@ -102,7 +103,7 @@ def _saturation(buf, f, npix):
 @_njit
 def _hue(buf, shift, npix):
     """HSV hue rotation by ``shift`` turns (torchvision's rgb -> hsv -> rgb, without
-    materialising HSV: see :func:`ssprl_d2.data.photometric.adjust_hue`)."""
+    materialising HSV: see :func:`ssprl_d2.ops.color.adjust_hue`)."""
     six_shift = np.float32(6.0 * shift)
     for j in range(npix):
         r = buf[0, j]
@@ -245,11 +246,11 @@ def _max_sigma(params):
 def apply_photometric_numba(
     x: torch.Tensor, params: torch.Tensor, out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """:func:`ssprl_d2.data.photometric.apply_photometric` of (N, 3, H, W) uint8 CPU crops.
+    """:func:`ssprl_d2.ops.photometric.apply_photometric` of (N, 3, H, W) uint8 CPU crops.
 
     Args:
         x: (N, 3, H, W) uint8 RGB (any strides; made contiguous).
-        params: (N, NUM_PARAMS) rows from :func:`~ssprl_d2.data.photometric.
+        params: (N, NUM_PARAMS) rows from :func:`~ssprl_d2.ops.photometric_params.
             sample_photometric_params`.
         out: optional (N, 3, H, W) contiguous uint8 buffer for the result (may be ``x``).
 
@@ -281,8 +282,6 @@ def apply_photometric_numba(
 def warm_up_numba_kernel() -> None:
     """Compile the kernel (or load it from numba's on-disk cache) now, on a tiny input; raises
     the clear error of :func:`apply_photometric_numba` when numba is missing."""
-    from .photometric import sample_photometric_params
-
     g = torch.Generator().manual_seed(0)
     apply_photometric_numba(
         torch.zeros(2, 3, 8, 8, dtype=torch.uint8), sample_photometric_params(2, generator=g)

@@ -16,134 +16,31 @@ the pixels are then produced in as few batched ops as the resampling mode allows
 Photometric augmentation is either applied here, batched per output size (``PHOTOMETRIC_ON
 loader``), or its parameters are shipped as a "photometric" tensor and applied batched on the
 training device by the model (``model``). Crops stay uint8 until then.
+
+The crop geometry and resampling are in :mod:`.crop_geometry`, the decoder in :mod:`.image_io`.
 """
 import copy
-import math
-import warnings
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.utils.file_io import PathManager
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.ops import roi_align
 
-from .image_io import note_image_read, read_image_or_none
-from ssprl_d2.config.choices import (
-    LOADER_KERNELS,
-    PHOTOMETRIC_ON,
-    RESAMPLE_MODES,
-    check_choice,
+from ssprl_d2.config.choices import LOADER_KERNELS, PHOTOMETRIC_ON, RESAMPLE_MODES, check_choice
+from ssprl_d2.ops import apply_photometric, sample_photometric_params
+
+from .crop_geometry import (
+    Box,
+    as_channels_last,
+    box_to_roi,
+    flip_selected_,
+    resize_box_channels_last,
+    roi_resample,
+    round_to_uint8_,
+    sample_resized_crop_box,
 )
-
-from .photometric import apply_photometric, sample_photometric_params, truncate_to_uint8
+from .image_io import read_rgb_tensor
 from .photometric_numba import apply_photometric_numba, warm_up_numba_kernel
-
-
-Box = Tuple[int, int, int, int]  # top, left, height, width
-
-
-def _randint(lo: int, hi: int, g: Optional[torch.Generator]) -> int:
-    """Integer in [lo, hi] inclusive."""
-    return int(torch.randint(lo, hi + 1, (), generator=g))
-
-
-def sample_resized_crop_box(
-    height: int,
-    width: int,
-    scale: Sequence[float],
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    generator: Optional[torch.Generator] = None,
-) -> Box:
-    """RandomResizedCrop geometry (Szegedy et al.; the torchvision rule): area fraction
-    ~ U(scale), log aspect ratio ~ U(log ratio), 10 attempts, then a centred fallback."""
-    area = height * width
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        # One call for both draws (the same stream as two scalar draws).
-        u_area, u_ratio = torch.rand(2, generator=generator).tolist()
-        target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
-        aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return _randint(0, height - h, generator), _randint(0, width - w, generator), h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def _as_channels_last(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) -> (1, 3, H, W) in channels-last memory (free for an HWC-backed tensor)."""
-    return image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
-
-
-def _resize_box(image_cl: torch.Tensor, box: Box, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of ``box`` of a (1, 3, H, W) image to (1, 3, size, size)
-    (contiguous; see :func:`_resize_box_cl`)."""
-    return _resize_box_cl(image_cl, box, size).contiguous()
-
-
-def _resize_box_cl(image_cl: torch.Tensor, box: Box, size: int) -> torch.Tensor:
-    """:func:`_resize_box` in the kernel's channels-last memory (callers that copy the
-    result anyway skip a copy).
-
-    uint8 input takes PyTorch's fixed-point uint8 kernel (the PIL algorithm), float input the
-    float kernel; both match ``PIL.Image.resize(..., BILINEAR)`` up to rounding.
-    """
-    top, left, h, w = box
-    crop = image_cl[:, :, top : top + h, left : left + w]
-    out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
-                        antialias=True)
-    if out.dtype != torch.uint8:
-        out = _to_uint8(out)
-    return out
-
-
-def resized_crop(image: torch.Tensor, box: Box, size: int) -> torch.Tensor:
-    """Crop ``box`` of a (3, H, W) uint8 image and resize it to size x size (antialiased
-    bilinear, like PIL's resize). Returns (3, size, size) uint8."""
-    return _resize_box(_as_channels_last(image), box, size)[0]
-
-
-def box_to_roi(box: Box) -> List[float]:
-    """(top, left, h, w) -> roi_align's (x1, y1, x2, y2) in continuous pixel coordinates."""
-    top, left, h, w = box
-    return [float(left), float(top), float(left + w), float(top + h)]
-
-
-def roi_resample(image_float: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
-    """All ``rois`` ((n, 4) x1, y1, x2, y2) of a (3, H, W) float image resampled to ``size``
-    in one ``roi_align`` call (adaptive sampling: anti-aliased). Returns (n, 3, size, size)
-    float on the 0-255 scale."""
-    rois = torch.cat([rois.new_zeros(rois.shape[0], 1), rois], dim=1)
-    return roi_align(image_float.unsqueeze(0), rois, (size, size), 1.0, -1, aligned=True)
-
-
-def resized_crops_roi_align(image: torch.Tensor, boxes: List[Box], size: int) -> torch.Tensor:
-    """All ``boxes`` of one (3, H, W) uint8 image resized to ``size`` in one batched
-    ``roi_align`` call. Returns (n, 3, size, size) uint8."""
-    rois = torch.tensor([box_to_roi(b) for b in boxes], dtype=torch.float32)
-    return _to_uint8(roi_resample(image.float().contiguous(), rois, size))
-
-
-def _flip_(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Mirror (in place) the images of (n, C, H, W) ``x`` selected by the bool mask ``flips``."""
-    for i in flips.nonzero().flatten().tolist():
-        x[i] = x[i].flip(-1)
-    return x
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float 0-255 scale -> uint8, rounded to nearest and clamped (``x`` is modified)."""
-    return truncate_to_uint8(x.round_().clamp_(0, 255))
 
 
 class _CropGroup(NamedTuple):
@@ -216,7 +113,7 @@ class PyramidDatasetMapper:
             photometric_on: "loader" (applied here) or "model" (parameters shipped).
             loader_kernel: implementation used when ``photometric_on`` is "loader": "numba"
                 (:mod:`.photometric_numba`, one compiled pass per crop) or "torch"
-                (:func:`.photometric.apply_photometric`, the device implementation).
+                (:func:`ssprl_d2.ops.apply_photometric`, the device implementation).
             resample: "interpolate" or "roi_align" (see the module docstring).
             image_format: format the image is read in (RGB).
         """
@@ -322,13 +219,13 @@ class PyramidDatasetMapper:
 
         The flips are applied here, in the copy that each crop and patch needs anyway (flips
         commute with every photometric op: all are mirror-symmetric)."""
-        image_cl = _as_channels_last(image)
+        image_cl = as_channels_last(image)
         blocks = []
         for grp in crop_groups:
             # Each resize is copied once, straight into the (n, 3, s, s) block.
             block = torch.empty(len(grp.boxes), 3, grp.size, grp.size, dtype=torch.uint8)
             for i, (b, flip) in enumerate(zip(grp.boxes, grp.flips.tolist())):
-                crop = _resize_box_cl(image_cl, b, grp.size)[0]
+                crop = resize_box_channels_last(image_cl, b, grp.size)[0]
                 block[i].copy_(crop.flip(-1) if flip else crop)
             blocks.append(block)
         pyramids = []
@@ -339,7 +236,7 @@ class PyramidDatasetMapper:
             for v, view in enumerate(scale_views):
                 if v == 0 or not self.shared_pyramid_crop:
                     # (3, S, S) in channels-last memory: the patches are copied out of it.
-                    resized = _resize_box_cl(image_cl, view.box, view.resize)[0]
+                    resized = resize_box_channels_last(image_cl, view.box, view.resize)[0]
                 cells = [
                     resized[:, t : t + p, l : l + p]
                     for t, l in zip(view.tops, view.lefts)
@@ -391,7 +288,7 @@ class PyramidDatasetMapper:
             out = []
             for b, lo, hi in zip(blocks, starts, starts[1:]):
                 if b.dtype != torch.uint8:
-                    b = _to_uint8(b)  # roi_align output (0-255 float)
+                    b = round_to_uint8_(b)  # roi_align output (0-255 float)
                 out.append(apply_photometric_numba(b, params[lo:hi], out=b))
             return out
         sizes = [b.shape[-1] for b in blocks]
@@ -401,7 +298,7 @@ class PyramidDatasetMapper:
             x = torch.cat([blocks[i] for i in ids]) if len(ids) > 1 else blocks[ids[0]]
             rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in ids])
             if x.dtype != torch.uint8:
-                x = _to_uint8(x)  # roi_align output (0-255 float)
+                x = round_to_uint8_(x)  # roi_align output (0-255 float)
             x = apply_photometric(x, params[rows])  # uint8 in, uint8 out
             for i, part in zip(ids, x.split([counts[i] for i in ids])):
                 out[i] = part
@@ -425,13 +322,13 @@ class PyramidDatasetMapper:
                 # so the pyramid tensors already hold its result.)
                 pyramids = None
         else:
-            blocks = [b if b.dtype == torch.uint8 else _to_uint8(b) for b in blocks]
+            blocks = [b if b.dtype == torch.uint8 else round_to_uint8_(b) for b in blocks]
         if self.resample == "roi_align":
             # Flips commute with every photometric op (all are mirror-symmetric), so they are
             # applied last, on uint8 (``interpolate`` applied them while rendering).
             flips = [grp.flips for grp in crop_groups]
             flips += [view.flips for scale_views in views for view in scale_views]
-            blocks = [_flip_(b, f) for b, f in zip(blocks, flips)]
+            blocks = [flip_selected_(b, f) for b, f in zip(blocks, flips)]
         n_groups = len(crop_groups)
         crops = [c for b in blocks[:n_groups] for c in b.unbind(0)]
         patches = pyramids or [
@@ -451,42 +348,3 @@ class PyramidDatasetMapper:
         out = self.map_image(image, generator)
         out["image_id"] = dataset_dict.get("image_id", dataset_dict["file_name"])
         return out
-
-
-def read_rgb_tensor(file_name: str) -> Optional[torch.Tensor]:
-    """Decode an image as a (3, H, W) uint8 RGB tensor backed by HWC memory (no transposing
-    copy; the uint8 resize kernel wants channels-last anyway), EXIF orientation applied.
-
-    JPEG files are decoded by torchvision (libjpeg-turbo, as PIL, same pixels; ~15% faster
-    than going through PIL and numpy), other files and anything torchvision cannot decode by
-    :func:`read_image_or_none` (the project's one PIL decoder: 16-bit PNGs scaled to 8 bits),
-    which logs and counts unreadable files; those give None. Same pixels as
-    ``read_image_array(file_name, format="RGB")``.
-    """
-    note_image_read()
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            data = bytearray(f.read())
-        if data[:3] == b"\xff\xd8\xff":  # JPEG
-            image = decode_image(
-                torch.frombuffer(data, dtype=torch.uint8),
-                mode=ImageReadMode.RGB,
-                apply_exif_orientation=True,
-            )
-            if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3:
-                # HWC memory already, except after an EXIF rotation or a grey decode.
-                return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-    except Exception:
-        pass  # PIL decides below
-    return _read_rgb_tensor_pil(file_name)
-
-
-def _read_rgb_tensor_pil(file_name: str) -> Optional[torch.Tensor]:
-    """:func:`read_rgb_tensor` through PIL (:func:`read_image_or_none`)."""
-    array = read_image_or_none(file_name, format="RGB", count_read=False)
-    if array is None:
-        return None
-    # The array may be read-only; it is never written to.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)

@@ -27,11 +27,8 @@ from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from ssprl_d2.checkpoint import SSPRLCheckpointer, read_weights_file
-from ssprl_d2.data.multilabel import (
-    MultiLabelDatasetMapper,
-    get_multilabel_test_dicts,
-    get_multilabel_train_dicts,
-)
+from ssprl_d2.data.classification_loader import MultiLabelDatasetMapper
+from ssprl_d2.data.multilabel import get_multilabel_test_dicts, get_multilabel_train_dicts
 from ssprl_d2.evaluation import MultiLabelEvaluator
 from ssprl_d2.evaluation.knn import knn_multilabel_map
 from ssprl_d2.modeling.classifier import multilabel_bce_loss

@@ -22,11 +22,11 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ssprl_d2.data.multilabel import (
+from ssprl_d2.data.classification_loader import (
     MultiLabelDatasetMapper,
     build_classification_augmentation,
-    to_multilabel_dicts,
 )
+from ssprl_d2.data.multilabel import to_multilabel_dicts
 from ssprl_d2.data.image_io import num_skipped_images
 from ssprl_d2.evaluation.knn import knn_multilabel_map, pooled_features, subset_indices
 

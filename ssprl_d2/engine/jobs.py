@@ -12,8 +12,11 @@ from detectron2.solver import build_optimizer as build_d2_optimizer
 
 from ssprl_d2.config import TASK_CLASSIFY, TASK_DETECT, TASK_PRETRAIN, TASK_SEGMENT, task_of
 from ssprl_d2.data import build_pretrain_train_loader, prepare_datasets
+from ssprl_d2.data.classification_loader import (
+    build_multilabel_test_loader,
+    build_multilabel_train_loader,
+)
 from ssprl_d2.data.mask_format import build_instance_train_loader
-from ssprl_d2.data.multilabel import build_multilabel_test_loader, build_multilabel_train_loader
 from ssprl_d2.data.segmentation_mapper import (
     build_sem_seg_test_loader,
     build_sem_seg_train_loader,

@@ -12,7 +12,7 @@ from torch import nn
 
 from ssprl_d2.checkpoint import read_checkpoint_state_dict
 from ssprl_d2.config import TASK_CLASSIFY, task_of
-from ssprl_d2.data.classification_meta import check_num_classes
+from ssprl_d2.data.multilabel import check_num_classes
 from ssprl_d2.modeling.classifier import check_head_compatibility
 
 __all__ = [

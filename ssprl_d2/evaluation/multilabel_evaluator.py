@@ -139,7 +139,7 @@ class MultiLabelEvaluator(DatasetEvaluator):
             if "labels" not in inp:
                 raise KeyError(
                     "MultiLabelEvaluator needs 'labels' in every input; use the multi-label test "
-                    "loader (ssprl_d2.data.multilabel.build_multilabel_test_loader)."
+                    "loader (ssprl_d2.data.classification_loader.build_multilabel_test_loader)."
                 )
             self._scores.append(out["scores"].detach().float().cpu())
             self._labels.append(torch.as_tensor(inp["labels"]).float().cpu())

@@ -13,7 +13,7 @@ from torch import nn
 
 from ssprl_d2.config.choices import CROSS_INPUTS, GROUP_CROPS, check_choice
 from ssprl_d2.config.validate import validate_ssprl_config
-from ssprl_d2.data.photometric import apply_photometric
+from ssprl_d2.ops import apply_photometric
 
 from .heads import FeatureQueue, ProjectionHead, UnitRowLinear
 from .losses import (
