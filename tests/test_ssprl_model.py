@@ -6,9 +6,8 @@ from pretrain_utils import TINY_CONFIG, config_path
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
-from ssprl_d2.config import add_ssprl_config
+from ssprl_d2.config import add_ssprl_config, validate_config
 from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
-from ssprl_d2.config import validate_config
 from ssprl_d2.modeling.ssprl import SSPRL
 
 
@@ -239,3 +238,26 @@ def test_embed_views_and_prototype_vectors_match_the_model():
     shared = SSPRL(tiny_cfg(["MODEL.SSPRL.SHARED_PROTOTYPES", "True",
                              "MODEL.SSPRL.NUM_PROTOTYPES", "[8, 8, 8]"]))
     assert torch.equal(shared.prototype_vectors(2), shared.prototype_vectors(0))
+
+
+def test_pyramid_batch_layout():
+    from ssprl_d2.modeling.pyramid_batch import backbone_passes, stack_units
+
+    def image(k):
+        return {
+            "crops": [torch.full((3, 8, 8), k), torch.full((3, 8, 8), k + 1),
+                      torch.full((3, 4, 4), k + 2)],
+            "patches": [torch.full((2, 4, 3, 4, 4), k)],  # one pyramid scale, g = 2
+            "photometric": torch.arange(3 + 2 * 4).float().view(-1, 1) + 100 * k,
+        }
+
+    units, params = stack_units([image(0), image(10)], num_crops=3, grids=[2])
+    shapes = [tuple(u.shape) for u in units]
+    assert shapes == [(2, 3, 8, 8)] * 2 + [(2, 3, 4, 4)] + [(8, 3, 4, 4)] * 2
+    assert units[1][1, 0, 0, 0] == 11  # crop 1 of image 1
+    assert params[3][:, 0].tolist() == [3, 4, 5, 6, 1003, 1004, 1005, 1006]  # view 0, image-major
+    assert params[4][:, 0].tolist() == [7, 8, 9, 10, 1007, 1008, 1009, 1010]  # view 1
+    assert backbone_passes(units, "resolution") == [[0, 1], [2, 3, 4]]
+    assert backbone_passes(units, "none") == [[0], [1], [2], [3], [4]]
+    units, params = stack_units([{k: v for k, v in image(0).items() if k != "photometric"}], 3, [2])
+    assert params is None and len(units) == 5

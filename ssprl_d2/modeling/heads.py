@@ -1,9 +1,12 @@
 """Small building blocks of SS-PRL: projection heads, prototypes, cross-scale learners, queues."""
-from typing import List
+import logging
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 class ProjectionHead(nn.Sequential):
@@ -79,3 +82,22 @@ class FeatureQueue(nn.Module):
             self.features[slot, n:] = self.features[slot, :-n].clone()
             self.features[slot, :n] = feats.detach().to(self.features.dtype)
         self.num_filled.fill_(min(self.length, int(self.num_filled) + new[0].shape[0]))
+
+
+def per_rank_queue_lengths(
+    lengths: Sequence[int], ims_per_batch: int, grids: Sequence[int], world_size: int
+) -> List[int]:
+    """Per-rank queue length of every scale: each global length rounded down to a multiple of
+    the embeddings pushed per step (``ims_per_batch`` at scale 0, ``ims_per_batch * g_s^2`` at
+    scale s), with a warning when rounded, then split over ``world_size`` ranks."""
+    out = []
+    for s, length in enumerate(lengths):
+        per_step = ims_per_batch * (1 if s == 0 else grids[s - 1] ** 2)
+        rounded = (length // per_step) * per_step
+        if length and rounded != length:
+            logger.warning(
+                f"MODEL.SSPRL.QUEUE.LENGTHS[{s}]={length} is not a multiple of the "
+                f"{per_step} embeddings pushed per step; rounded down to {rounded}."
+            )
+        out.append(rounded // world_size)
+    return out

@@ -4,7 +4,7 @@ Conventions: every term is the mean cross-entropy over its (target code, predict
 i.e. Eq. 2 and Eq. 3 divided by the number of directions. Both L_pyr and L_cross use the same
 convention, so alpha_s, beta_s and lambda keep the paper's relative meaning.
 """
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,3 +106,15 @@ def cross_scale_loss(
         for logits in cross_logits
     ]
     return sum(terms) / len(terms)
+
+
+def check_finite_losses(losses: Dict[str, torch.Tensor], iteration: int) -> None:
+    """Raise ``FloatingPointError`` naming the first loss term that is NaN or infinite."""
+    for name, value in losses.items():
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(
+                f"SS-PRL loss term '{name}' is {value.item()} at iteration {iteration}. "
+                "Training stopped before applying this step; the last checkpoint in "
+                "OUTPUT_DIR holds the last good state. Lower SOLVER.BASE_LR, check the "
+                "data, or use bf16 instead of fp16 (SOLVER.AMP.PRECISION)."
+            )

@@ -1,6 +1,5 @@
 """The SS-PRL pre-training meta-architecture (Hsieh et al. 2022) on a Detectron2 backbone."""
 import logging
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -15,13 +14,15 @@ from ssprl_d2.config.choices import CROSS_INPUTS, GROUP_CROPS, check_choice
 from ssprl_d2.config.validate import validate_ssprl_config
 from ssprl_d2.ops import apply_photometric
 
-from .heads import FeatureQueue, ProjectionHead, UnitRowLinear
+from .heads import FeatureQueue, ProjectionHead, UnitRowLinear, per_rank_queue_lengths
 from .losses import (
+    check_finite_losses,
     cross_scale_loss,
     patch_mean_representation,
     patch_swapped_loss,
     swapped_prediction_loss,
 )
+from .pyramid_batch import backbone_passes, stack_units
 from .sinkhorn import sinkhorn_knopp
 
 logger = logging.getLogger(__name__)
@@ -167,17 +168,9 @@ class SSPRL(nn.Module):
         validate_ssprl_config(cfg)
         c = cfg.MODEL.SSPRL
         grids = list(cfg.INPUT.SSPRL.GRIDS)
-        world = comm.get_world_size()
-        lengths = []
-        for s, length in enumerate(c.QUEUE.LENGTHS):
-            per_step = cfg.SOLVER.IMS_PER_BATCH * (1 if s == 0 else grids[s - 1] ** 2)
-            rounded = (length // per_step) * per_step
-            if length and rounded != length:
-                logger.warning(
-                    f"MODEL.SSPRL.QUEUE.LENGTHS[{s}]={length} is not a multiple of the "
-                    f"{per_step} embeddings pushed per step; rounded down to {rounded}."
-                )
-            lengths.append(rounded // world)
+        lengths = per_rank_queue_lengths(
+            c.QUEUE.LENGTHS, cfg.SOLVER.IMS_PER_BATCH, grids, comm.get_world_size()
+        )
         return {
             "backbone": build_backbone(cfg),
             "in_feature": c.IN_FEATURE,
@@ -231,40 +224,10 @@ class SSPRL(nn.Module):
         except AssertionError:
             return self.iteration
 
-    def _units(self, batched_inputs: List[dict]):
-        """Stack the crops of the batch into units: one per scale-0 crop index (B images) and
-        one per (scale, view) (B*M_s patches, image-major). Returns the unit tensors and the
-        matching photometric parameters (or None)."""
-        units = [
-            torch.stack([x["crops"][i] for x in batched_inputs]) for i in range(self.num_crops)
-        ]
-        for s in range(1, self.num_scales):
-            patches = torch.stack([x["patches"][s - 1] for x in batched_inputs])  # (B,2,M,3,p,p)
-            for v in range(2):
-                units.append(patches[:, v].flatten(0, 1))  # (B*M, 3, p, p)
-        params = None
-        if "photometric" in batched_inputs[0]:
-            allp = torch.stack([x["photometric"] for x in batched_inputs])  # (B, N_total, P)
-            params = [allp[:, i] for i in range(self.num_crops)]
-            offset = self.num_crops
-            for s in range(1, self.num_scales):
-                m = self.grids[s - 1] ** 2
-                for v in range(2):
-                    params.append(allp[:, offset : offset + m].flatten(0, 1))
-                    offset += m
-        return units, params
-
     def _embed_units(self, units: List[torch.Tensor], params) -> List[torch.Tensor]:
         """Pooled backbone features of every unit, one backbone pass per resolution group."""
-        if self.group_crops == "resolution":
-            groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
-            for i, u in enumerate(units):
-                groups.setdefault(tuple(u.shape[-2:]), []).append(i)
-            order = list(groups.values())
-        else:
-            order = [[i] for i in range(len(units))]
         feats: List[Optional[torch.Tensor]] = [None] * len(units)
-        for idx in order:
+        for idx in backbone_passes(units, self.group_crops):
             x = torch.cat([units[i] for i in idx]).to(self.device, non_blocking=True)
             # Augmentation and normalisation stay in float32 under AMP.
             with torch.autocast(device_type=self.device.type, enabled=False):
@@ -301,7 +264,7 @@ class SSPRL(nn.Module):
         queues_on = it >= self.queue_start_iter
         batch = len(batched_inputs)
 
-        units, params = self._units(batched_inputs)
+        units, params = stack_units(batched_inputs, self.num_crops, self.grids)
         feats = self._embed_units(units, params)
         losses: Dict[str, torch.Tensor] = {}
 
@@ -361,14 +324,7 @@ class SSPRL(nn.Module):
                 )
 
         if self.check_finite:
-            for name, value in losses.items():
-                if not torch.isfinite(value).all():
-                    raise FloatingPointError(
-                        f"SS-PRL loss term '{name}' is {value.item()} at iteration {it}. "
-                        "Training stopped before applying this step; the last checkpoint in "
-                        "OUTPUT_DIR holds the last good state. Lower SOLVER.BASE_LR, check the "
-                        "data, or use bf16 instead of fp16 (SOLVER.AMP.PRECISION)."
-                    )
+            check_finite_losses(losses, it)
         if queues_on:
             for s, feats_s in new_queue.items():
                 self.queues[s].push(feats_s)
@@ -409,7 +365,7 @@ class SSPRL(nn.Module):
         """Inference: per image, the pooled backbone feature and scale-0 prototype probabilities
         of its first crop, and per pyramid scale the patch prototype probabilities (view 1)."""
         batch = len(batched_inputs)
-        units, params = self._units(batched_inputs)
+        units, params = stack_units(batched_inputs, self.num_crops, self.grids)
         feats = self._embed_units(units, params)
         z0 = F.normalize(self.heads[0](feats[0]), dim=1)
         out = [
