@@ -22,8 +22,10 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from ssprl_d2.data.build import build_pretrain_train_loader
 from ssprl_d2.data.detection_mapper import SafeDatasetMapper
 from ssprl_d2.data.image_io import num_skipped_images, read_image_or_none, read_rgb_tensor
+from ssprl_d2.engine.setup import load_config
 
 RGB = np.zeros((24, 32, 3), np.uint8)
 RGB[:, :16] = (200, 30, 30)
@@ -135,10 +137,6 @@ def main(argv=None):
 
 
 def _loader_checks(root, cases, workers):
-    # Heavy imports only here: the decoder table above needs no model (optional part).
-    from ssprl_d2.data.build import build_pretrain_train_loader
-    from ssprl_d2.engine.setup import load_config
-
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     mixed = os.path.join(root, "mixed")
     os.makedirs(mixed)

@@ -34,6 +34,14 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+from detectron2.config import get_cfg
+
+import ssprl_d2  # noqa: F401  (registers datasets and models)
+from ssprl_d2.config import add_ssprl_config
+from ssprl_d2.data import get_demo_root
+from ssprl_d2.data.build import sample_seed
+from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
+from ssprl_d2.ops import apply_photometric
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -102,6 +110,7 @@ def steady_heap() -> bool:
     data-loader worker runs it. With the heap kept, every pipeline is timed in the steady
     state a dedicated worker has; the reference is not slowed (its own faults vanish too).
     """
+    # Local: only this glibc-specific tweak loads a C library.
     import ctypes
     import ctypes.util
 
@@ -130,10 +139,6 @@ def list_images(folder: str, limit: int) -> List[str]:
 def build_cfg(config_file: str, opts: List[str]):
     """Config with the ssprl_d2 keys: file + overrides (no dataset checks: only the crop
     settings are used)."""
-    from detectron2.config import get_cfg
-
-    from ssprl_d2.config import add_ssprl_config
-
     cfg = get_cfg()
     add_ssprl_config(cfg)
     if config_file:
@@ -144,9 +149,6 @@ def build_cfg(config_file: str, opts: List[str]):
 
 def build_pipelines(cfg, modes) -> Dict[str, Callable[[str, int], object]]:
     """name -> fn(file_name, index) running one image through that pipeline."""
-    from ssprl_d2.data.build import sample_seed
-    from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
-
     reference = ReferencePyramidPipeline.from_config(cfg)
     pipes: Dict[str, Callable[[str, int], object]] = {"reference": lambda f, i: reference(f)}
     for mode in modes:
@@ -186,9 +188,6 @@ def time_pipelines(pipes, files: List[str], rounds: int) -> Dict[str, Dict[str, 
 def time_device_part(cfg, files: List[str], device: str, batch: int, rounds: int) -> dict:
     """Photometric augmentation + normalisation of mapper outputs (``PHOTOMETRIC_ON model``)
     batched per crop resolution, as the model does it before the backbone."""
-    from ssprl_d2.ops import apply_photometric
-    from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
-
     c = cfg.clone()
     c.INPUT.SSPRL.PHOTOMETRIC_ON = "model"
     mapper = PyramidDatasetMapper(c)
@@ -243,8 +242,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     if not args.images:
-        from ssprl_d2.data import get_demo_root
-
         args.images = os.path.join(get_demo_root(), "images", "train")
     files = list_images(args.images, args.num_images)
     cfg = build_cfg(args.config_file, args.opts)

@@ -30,6 +30,17 @@ import zlib
 from typing import Dict, List, Optional
 
 import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import ssprl_d2  # noqa: F401  (registers datasets and models)
+from ssprl_d2.config import add_ssprl_config
+from ssprl_d2.data import get_demo_root
+from ssprl_d2.data.build import build_pretrain_train_loader
+from ssprl_d2.data.datasets import register_from_config
+from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
+from ssprl_d2.solver import build_ssprl_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "ssprl_pretrain.yaml")
@@ -76,10 +87,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def build_cfg(args, settings: Dict, num_workers: int = 0):
     """The benchmark config: file + overrides + the run's settings."""
-    from detectron2.config import get_cfg
-
-    from ssprl_d2.config import add_ssprl_config
-
     cfg = get_cfg()
     add_ssprl_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -115,8 +122,6 @@ def list_images(folder: str, limit: int) -> List[str]:
 
 def make_batch(cfg, files: List[str]) -> List[dict]:
     """One batch of mapper outputs (the files cycled to the batch size)."""
-    from ssprl_d2.data.pyramid_mapper import PyramidDatasetMapper
-
     mapper = PyramidDatasetMapper(cfg)
     batch = []
     for i, f in enumerate(itertools.islice(itertools.cycle(files), 4 * cfg.SOLVER.IMS_PER_BATCH)):
@@ -161,11 +166,6 @@ def _peak_mib(device: str) -> float:
 def run_setting(args, settings: Dict, files: List[str], label: str) -> Dict:
     """Time ``--iters`` training steps (after ``--warmup``) of one setting; with
     ``--num-workers`` also the same step fed by the real loader."""
-    from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
-
-    from ssprl_d2.solver import build_ssprl_optimizer
-
     device = args.device
     cfg = build_cfg(args, settings)
     _reset_peak(device)
@@ -233,11 +233,6 @@ def run_setting_or_oom(args, settings: Dict, files: List[str], label: str) -> Di
 
 def run_with_loader(args, settings: Dict, step) -> Dict:
     """The step fed by ``build_pretrain_train_loader`` (end-to-end images/s)."""
-    from detectron2.utils.events import EventStorage
-
-    from ssprl_d2.data.build import build_pretrain_train_loader
-    from ssprl_d2.data.datasets import register_from_config
-
     cfg = build_cfg(args, settings, num_workers=args.num_workers)
     name = f"ssprl_bench_step_{zlib.crc32(os.path.abspath(args.images).encode()):08x}"
     cfg.DATASETS.SSPRL.IMAGE_FOLDERS = [[name, args.images]]
@@ -270,8 +265,6 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if not args.images:
-        from ssprl_d2.data import get_demo_root
-
         args.images = os.path.join(get_demo_root(), "images", "train")
     files = list_images(args.images, max(args.batch_size, 8))
     measured = {
