@@ -87,3 +87,26 @@ def test_renamed_key_names_its_new_key(old, new, tmp_path):
                     f"{section}:\n  {node}:\n    {key}: {value}\n")
     with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
         load_config(str(leaf))
+
+
+def test_one_trainer_per_job():
+    from ssprl_d2.engine import (
+        ClassificationTrainer,
+        DetectionTrainer,
+        PretrainTrainer,
+        SegmentationTrainer,
+        trainer_class,
+    )
+
+    expected = {
+        "configs/ssprl_demo.yaml": PretrainTrainer,
+        "configs/classification/linear_demo.yaml": ClassificationTrainer,
+        "configs/detection/mask_rcnn_demo.yaml": DetectionTrainer,
+        "configs/segmentation/fcn_demo.yaml": SegmentationTrainer,
+    }
+    for rel, cls in expected.items():
+        cfg = load_config(os.path.join(REPO, rel), ["MODEL.WEIGHTS", ""])
+        assert trainer_class(cfg) is cls, rel
+    with pytest.raises(NotImplementedError, match="no evaluator.*classification or detection"):
+        PretrainTrainer.build_evaluator(cfg, "ssprl_demo_val")
+    assert PretrainTrainer.test(cfg, model=None) == {}

@@ -29,7 +29,7 @@ class ConversionError(Exception):
 
 
 class _DisallowedGlobal(pickle.UnpicklingError):
-    pass
+    """A global outside the allow-list was met while unpickling (the file is refused)."""
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):

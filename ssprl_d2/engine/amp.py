@@ -45,7 +45,7 @@ class NoOpGradScaler:
         optimizer.step()
 
     def update(self):
-        pass
+        pass  # no scale to adapt
 
     def get_scale(self):
         return 1.0
@@ -57,7 +57,7 @@ class NoOpGradScaler:
         return {}
 
     def load_state_dict(self, state):
-        pass
+        pass  # stateless: nothing to restore
 
 
 def build_step_runner(cfg: CfgNode, model, data_loader, optimizer) -> SimpleTrainer:
